@@ -10,8 +10,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from dti_lens import VMFMixture, VonMisesFisher, fit_vmf, fit_vmf_mixture, normalize
-from dti_lens.cli import match_components
+from dti_lens import VMFMixture, VonMisesFisher, fit_vmf, fit_vmf_mixture, match_components, normalize
 
 
 def timed(f, repeat=5):
