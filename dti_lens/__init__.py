@@ -7,13 +7,14 @@ Docs: https://dti-lens.github.io/dti_lens/api.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_api.ipynb #3f2f7e31
+# %% ../nbs/99_api.ipynb #e818ca69
 __version__ = "0.1.0"
 
 from .sphere import *
 from .vmf import *
+from .optim import *
 
-# %% ../nbs/99_api.ipynb #6d50887c
+# %% ../nbs/99_api.ipynb #02e5bc25
 def _configure_plotly():
     "Render figures both as plotly's mimetype and as HTML when running under IPython."
     import sys
