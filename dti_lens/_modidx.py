@@ -73,4 +73,5 @@ d = { 'settings': { 'branch': 'main',
                               'dti_lens.vmf.log_normalizer': ('vmf.html#log_normalizer', 'dti_lens/vmf.py'),
                               'dti_lens.vmf.match_components': ('vmf.html#match_components', 'dti_lens/vmf.py'),
                               'dti_lens.vmf.mean_resultant_length': ('vmf.html#mean_resultant_length', 'dti_lens/vmf.py'),
-                              'dti_lens.vmf.mixture_figure': ('vmf.html#mixture_figure', 'dti_lens/vmf.py')}}}
+                              'dti_lens.vmf.mixture_figure': ('vmf.html#mixture_figure', 'dti_lens/vmf.py'),
+                              'dti_lens.vmf.random_mixture': ('vmf.html#random_mixture', 'dti_lens/vmf.py')}}}
