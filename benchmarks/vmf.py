@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from dti_lens import VMFMixture, VonMisesFisher, fit_vmf, fit_vmf_mixture, match_components, normalize
+from dti_lens import VonMisesFisher, fit_vmf, fit_vmf_mixture, match_components, normalize, random_mixture
 
 
 def timed(f, repeat=5):
@@ -70,11 +70,8 @@ def speed_targets():
         warnings.simplefilter("ignore")
         _, t = timed(lambda: stats.vonmises_fisher.fit(x.double().numpy()))
     print(f"- scipy.stats.vonmises_fisher.fit on the same: {t * 1e3:.1f} ms")
-    gen = torch.Generator().manual_seed(2)
-    w = torch.rand(64, generator=gen, dtype=torch.float64) + 0.5
-    truth = VMFMixture(w / w.sum(), normalize(torch.randn(64, 768, generator=gen, dtype=torch.float64)),
-                       torch.as_tensor(np.geomspace(200, 5000, 64)))
-    xb, _ = truth.sample(49408, generator=gen)
+    truth = random_mixture(np.geomspace(200, 5000, 64), 768, seed=2)
+    xb, _ = truth.sample(49408, generator=torch.Generator().manual_seed(2))
     fit, t = timed(lambda: fit_vmf_mixture(xb.float(), 64, progress=False), repeat=1)
     err = np.abs(fit.kappas[match_components(fit, truth)].numpy() / truth.kappas.numpy() - 1)
     print(f"- fit_vmf_mixture, 64 components on 49,408 x 768: {t:.1f} s (target < 60 s), "
