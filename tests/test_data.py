@@ -1,0 +1,117 @@
+"""`dti_lens.data` with files on disk: folders, EXIF orientation, corrupt files, DreamBooth JSON."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dti_lens.data import Subject, image_files, load_dreambooth, load_image, load_images, pixel_batch
+
+
+def save(path, size=(12, 8), color="red", **kw):
+    Image.new("RGB", size, color).save(path, **kw)
+    return path
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    exif = Image.Exif(); exif[0x0112] = 6   # rotate 90 degrees clockwise to display
+    img = Image.new("RGB", (40, 20), "white"); img.paste((255, 0, 0), (0, 0, 10, 20))   # red strip on the left
+    path = tmp_path / "phone.jpg"; img.save(path, exif=exif, quality=95)
+    out = load_image(path)
+    assert (out.mode, out.size) == ("RGB", (20, 40))
+    assert np.asarray(out)[:10, :, 0].min() > 200 and np.asarray(out)[:10, :, 1].max() < 60   # red strip now on top
+    assert pixel_batch(tmp_path, 16).original_sizes.tolist() == [[40, 20], [40, 20]]
+
+
+def test_folder_skips_hidden_and_non_images_with_one_warning(tmp_path):
+    for name in ["b.png", "a.JPG", "c.webp"]: save(tmp_path / name)
+    (tmp_path / ".DS_Store").write_bytes(b"\x00\x01junk")
+    save(tmp_path / "._a.png")   # macOS resource fork: hidden
+    (tmp_path / "notes.txt").write_text("hi")
+    (tmp_path / "sub").mkdir(); save(tmp_path / "sub" / "d.png")
+    with pytest.warns(UserWarning, match=r"skipped 3 .*\.DS_Store, \._a\.png, notes\.txt") as rec:
+        files = image_files(tmp_path)
+    assert len(rec) == 1
+    assert [p.name for p in files] == ["a.JPG", "b.png", "c.webp"]
+    with pytest.warns(UserWarning):
+        ims = load_images(str(tmp_path))
+    assert [(im.mode, im.size) for im in ims] == [("RGB", (12, 8))] * 3
+
+
+def test_clean_folder_does_not_warn(tmp_path, recwarn):
+    save(tmp_path / "a.png")
+    assert image_files(tmp_path) == [tmp_path / "a.png"]
+    assert len(recwarn) == 0
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(ValueError, match="images: no image files .*found nothing.*allowed extensions: .jpg"):
+        image_files(tmp_path)
+    (tmp_path / ".DS_Store").write_bytes(b"x"); (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"images: no image files .*\.DS_Store.*a\.txt.*allowed extensions"):
+        load_images(tmp_path)
+    with pytest.raises(ValueError, match="images must be a folder.*is not a directory"):
+        image_files(tmp_path / "missing")
+    with pytest.raises(ValueError, match="is not a directory"):
+        load_images(tmp_path / "a.txt")
+
+
+def test_mixed_list_of_paths_and_images(tmp_path):
+    rgba = tmp_path / "t.png"; Image.new("RGBA", (6, 6), (0, 0, 0, 0)).save(rgba)
+    grey = tmp_path / "g.png"; Image.new("L", (5, 4), 90).save(grey)
+    ims = load_images([rgba, Image.new("RGB", (3, 3), "blue"), str(grey)])
+    assert [(im.mode, im.size) for im in ims] == [("RGB", (6, 6)), ("RGB", (3, 3)), ("RGB", (5, 4))]
+    assert np.asarray(ims[0]).min() == 255 and np.unique(np.asarray(ims[2])).tolist() == [90]
+
+
+def test_corrupt_and_truncated_files_raise_naming_the_file(tmp_path):
+    bad = tmp_path / "bad.png"; bad.write_bytes(np.random.default_rng(0).bytes(500))
+    with pytest.raises(ValueError, match="cannot read image file .*bad.png"):
+        load_image(bad)
+    good = tmp_path / "full.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(good)
+    cut = tmp_path / "cut.png"; cut.write_bytes(good.read_bytes()[:len(good.read_bytes()) // 2])
+    with pytest.raises(ValueError, match="cannot read image file .*cut.png"):
+        load_image(cut)
+    bad.unlink()
+    with pytest.raises(ValueError, match="cut.png"):
+        load_images(tmp_path)
+    with pytest.raises(ValueError, match="missing.png"):
+        load_images([good, tmp_path / "missing.png"])
+
+
+def write_spec(tmp_path, spec):
+    path = tmp_path / "dreambooth.json"
+    path.write_text(spec if isinstance(spec, str) else json.dumps(spec))
+    return path
+
+
+def test_dreambooth_json(tmp_path):
+    (tmp_path / "dog6").mkdir(); other = tmp_path / "elsewhere" / "cat"; other.mkdir(parents=True)
+    path = write_spec(tmp_path, {"dog6": {"path": "dog6", "class": "dog"},
+                                 "cat": {"path": str(other), "class": "cat", "initialization": "kitten"}})
+    subjects = load_dreambooth(str(path))
+    assert subjects == [Subject("dog6", tmp_path / "dog6", "dog", "dog"), Subject("cat", other, "cat", "kitten")]
+    assert subjects[0].path.is_absolute()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("{not json", "cannot read DreamBooth subjects"),
+    ({}, "must map at least one subject"),
+    ([{"path": "dog6", "class": "dog"}], "must map at least one subject"),
+    ({"dog6": "dog6"}, "subject 'dog6': expected a mapping with 'path' and 'class'; got str"),
+    ({"dog6": {"class": "dog"}}, "subject 'dog6': missing key 'path'"),
+    ({"dog6": {"path": "dog6"}}, "subject 'dog6': missing key 'class'"),
+    ({"dog6": {"path": "dog6", "class": ""}}, "subject 'dog6': 'class' must be a non-empty string"),
+    ({"dog6": {"path": "dog6", "class": "dog", "initialization": 3}}, "subject 'dog6': 'initialization' must be a non-empty string"),
+    ({"dog6": {"path": "nowhere", "class": "dog"}}, "subject 'dog6': 'path' .*nowhere' is not a folder"),
+])
+def test_dreambooth_errors(tmp_path, spec, message):
+    (tmp_path / "dog6").mkdir()
+    with pytest.raises(ValueError, match=message):
+        load_dreambooth(write_spec(tmp_path, spec))
+
+
+def test_dreambooth_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="cannot read DreamBooth subjects from .*absent.json"):
+        load_dreambooth(tmp_path / "absent.json")
