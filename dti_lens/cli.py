@@ -6,12 +6,13 @@ Docs: https://dti-lens.github.io/dti_lens/cli.html.md"""
 
 # %% ../nbs/90_cli.ipynb #eaa77c7f
 from __future__ import annotations
-import argparse, os, sys, tempfile
+import argparse, sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .embeddings import write_text_atomic
 from .vmf import VMFMixture, fit_vmf_mixture, match_components, mixture_figure, random_mixture
 
 # %% auto #0
@@ -26,19 +27,6 @@ def synthetic_vocabulary(n:int=6000, # rows
     "A clustered 'vocabulary' drawn from a known vMF mixture with kappas spread from 50 to 3000."
     truth = random_mixture(np.geomspace(50, 3000, k), d, seed)
     return truth.sample(n, generator=torch.Generator().manual_seed(seed))[0], truth
-
-# %% ../nbs/90_cli.ipynb #d15e400a
-def _write_atomic(path:Path, text:str):
-    "Write `text` to `path` through a temporary file and a rename, so no half-written file is ever seen."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
-    try:
-        umask = os.umask(0); os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)   # mkstemp makes 0600; give the file the permissions open() would
-        with os.fdopen(fd, 'w') as f: f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
 
 # %% ../nbs/90_cli.ipynb #a8ab6daf
 def demo(out:str='demo_output', # folder for the HTML figure
@@ -57,7 +45,7 @@ def demo(out:str='demo_output', # folder for the HTML figure
         t, f = float(truth.kappas[j]), float(fit.kappas[i])
         print(f"{j:>9} {t:>11.1f} {f:>13.1f} {f / t - 1:>8.2%}")
     path = Path(out) / 'vmf_mixture.html'
-    _write_atomic(path, mixture_figure(fit, truth).to_html(include_plotlyjs=True, full_html=True))
+    write_text_atomic(path, mixture_figure(fit, truth).to_html(include_plotlyjs=True, full_html=True))
     print(f"figure written to {path}")
     return dict(true=truth.kappas.tolist(), fitted=fit.kappas[order].tolist(), figure=str(path))
 

@@ -1,10 +1,6 @@
 """The `dti-lens` command, run as a user runs it: a subprocess with files on disk."""
-import os, re, subprocess, sys
+import re, subprocess, sys
 from pathlib import Path
-
-import pytest
-
-from dti_lens import cli
 
 
 def run(*args, cwd):
@@ -27,12 +23,3 @@ def test_demo_rejects_bad_sizes(tmp_path):
     assert res.returncode == 2 and "--k" in res.stderr
     assert not (tmp_path / "demo_output").exists()
 
-
-def test_write_atomic_leaves_no_partial_file(tmp_path, monkeypatch):
-    target = tmp_path / "out" / "fig.html"
-    cli._write_atomic(target, "old")
-    def crash(*a, **k): raise OSError("disk full")
-    monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError): cli._write_atomic(target, "new")
-    assert target.read_text() == "old"
-    assert [p.name for p in target.parent.iterdir()] == ["fig.html"]

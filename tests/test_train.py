@@ -1,0 +1,73 @@
+"Trainer tests that need files: resume after a crash, the JSONL log, checkpoints, outputs, image folders."
+import json, math
+import pytest, torch
+from PIL import Image
+from dti_lens.train import train_dti
+from dti_lens.zoo import tiny_pipeline
+from dti_lens.data import synthetic_subject
+
+SUBJECT = synthetic_subject(4, 64)
+KW = dict(batch_size=2, progress=False, checkpoint_every=3)
+
+def _crash_at(pipe, step):
+    "Make the UNet raise on the forward pass of `step` (1-based), as a killed process would stop."
+    forward, calls = pipe.unet.forward, []
+    def f(*a, **k):
+        calls.append(1)
+        if len(calls) == step: raise KeyboardInterrupt("simulated crash")
+        return forward(*a, **k)
+    pipe.unet.forward = f
+    return pipe
+
+def _lines(path): return [json.loads(l) for l in path.read_text().splitlines()]
+
+@pytest.mark.parametrize("method", ["dti", "ti"])
+def test_resume_after_crash_is_exact(tmp_path, method):
+    full = train_dti(tiny_pipeline("sd15"), SUBJECT, "<disc>", "toy", method=method, steps=8, output_dir=tmp_path / "a", **KW)
+    with pytest.raises(KeyboardInterrupt):
+        train_dti(_crash_at(tiny_pipeline("sd15"), 5), SUBJECT, "<disc>", "toy", method=method, steps=8, output_dir=tmp_path / "b", **KW)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 3
+    resumed = train_dti(tiny_pipeline("sd15"), SUBJECT, "<disc>", "toy", method=method, steps=8, output_dir=tmp_path / "b", resume=True, **KW)
+    assert torch.equal(full.embeddings["text_encoder"], resumed.embeddings["text_encoder"])  # bit-exact on CPU
+    a, b = _lines(tmp_path / "a" / "log.jsonl"), _lines(tmp_path / "b" / "log.jsonl")
+    assert [r["step"] for r in b] == list(range(1, 9))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+
+def test_resume_extends_a_finished_run(tmp_path):
+    full = train_dti(tiny_pipeline("sd15"), SUBJECT, "<disc>", "toy", steps=7, output_dir=tmp_path / "a", **KW)
+    train_dti(tiny_pipeline("sd15"), SUBJECT, "<disc>", "toy", steps=4, output_dir=tmp_path / "b", **KW)
+    more = train_dti(tiny_pipeline("sd15"), SUBJECT, "<disc>", "toy", steps=7, output_dir=tmp_path / "b", resume=True, **KW)
+    assert torch.equal(full.embeddings["text_encoder"], more.embeddings["text_encoder"])
+
+def test_resume_refuses_other_settings(tmp_path):
+    train_dti(tiny_pipeline("sd15"), SUBJECT, "<disc>", "toy", steps=3, output_dir=tmp_path, **KW)
+    with pytest.raises(ValueError, match="other settings.*lr"):
+        train_dti(tiny_pipeline("sd15"), SUBJECT, "<disc>", "toy", steps=6, lr=0.01, output_dir=tmp_path, resume=True, **KW)
+
+def test_outputs_and_log(tmp_path):
+    r = train_dti(tiny_pipeline("sdxl"), SUBJECT, "<disc>", "toy", steps=4, output_dir=tmp_path, validation_prompts=["a photo of a {}", "a {} on the beach"], **KW)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"learned_embeds.safetensors", "learned_embeds_2.safetensors", "disc.safetensors", "log.jsonl", "checkpoint.pt", "samples"} <= names
+    assert not [n for n in names if n.startswith(".")]  # no temporary file left behind
+    log = _lines(tmp_path / "log.jsonl")
+    assert len(log) == 4 and all(math.isfinite(r["loss"]) for r in log)
+    assert set(log[0]) >= {"step", "loss", "lr", "text_encoder", "text_encoder_2"}
+    assert set(log[0]["text_encoder"]) == {"norm", "angle_deg", "cos_mu"}
+    assert len(list((tmp_path / "samples").glob("step-00004-*.png"))) == 2
+    assert len(r.samples) == 1 and len(r.samples[0][1]) == 2
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(ValueError, match="images"):
+        train_dti(tiny_pipeline("sd15"), tmp_path, "<disc>", "toy", steps=1, progress=False)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="broken.png"):
+        train_dti(tiny_pipeline("sd15"), tmp_path, "<disc>", "toy", steps=1, progress=False)
+
+def test_trains_from_a_folder_and_a_model_folder(tmp_path):
+    for i, im in enumerate(SUBJECT): im.save(tmp_path / f"{i}.jpg")
+    (tmp_path / ".DS_Store").write_bytes(b"\0\1")
+    from dti_lens.zoo import save_tiny
+    model = save_tiny("sd15", tmp_path / "model")
+    with pytest.warns(UserWarning, match=".DS_Store"):
+        r = train_dti(str(model), tmp_path, "<disc>", "toy", steps=2, batch_size=2, progress=False)
+    assert r.embeddings["text_encoder"].shape == (1, 32)
