@@ -7,14 +7,19 @@ Docs: https://dti-lens.github.io/dti_lens/api.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_api.ipynb #e818ca69
+# %% ../nbs/99_api.ipynb #bede6cd8
 __version__ = "0.1.0"
 
 from .sphere import *
 from .vmf import *
+from .zoo import *
+from .encoders import *
 from .optim import *
+from .data import *
+from .embeddings import *
+from .train import *
 
-# %% ../nbs/99_api.ipynb #02e5bc25
+# %% ../nbs/99_api.ipynb #e0c7e3a7
 def _configure_plotly():
     "Render figures both as plotly's mimetype and as HTML when running under IPython."
     import sys

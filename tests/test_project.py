@@ -22,8 +22,10 @@ def test_nbdev_clean_keeps_papermill_parameters_tag_and_drops_other_metadata(tmp
 
 def test_top_level_api_and_version():
     import dti_lens
+    from dti_lens import train_dti, slerp  # the README's entry points
     for name in ["normalize", "angle", "project_tangent", "retract", "exp_map", "log_map", "slerp", "nearest",
-                 "VonMisesFisher", "fit_vmf", "fit_vmf_mixture"]:
+                 "VonMisesFisher", "fit_vmf", "fit_vmf_mixture", "DirectionalSGD", "train_dti", "train_many", "rescale",
+                 "load_embeddings", "save_embeddings", "read_embeddings", "tiny_pipeline", "m_star", "text_encoders", "load_images"]:
         assert callable(getattr(dti_lens, name)), name
     meta = subprocess.run([sys.executable, "-m", "pip", "show", "dti_lens"], capture_output=True, text=True).stdout
     assert f"Version: {dti_lens.__version__}" in meta
