@@ -7,7 +7,7 @@ Docs: https://dti-lens.github.io/dti_lens/api.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_api.ipynb #bede6cd8
+# %% ../nbs/99_api.ipynb #7a40657c
 __version__ = "0.1.0"
 
 from .sphere import *
@@ -19,12 +19,13 @@ from .data import *
 from .embeddings import *
 from .train import *
 
-# %% ../nbs/99_api.ipynb #e0c7e3a7
+# %% ../nbs/99_api.ipynb #b46eab82
 def _configure_plotly():
-    "Render figures both as plotly's mimetype and as HTML when running under IPython."
-    import sys
+    "Under IPython: render figures as plotly's mimetype and as HTML; text progress bars without a warning."
+    import sys, warnings
     if 'IPython' not in sys.modules or sys.modules['IPython'].get_ipython() is None: return
     import plotly.io as pio
     pio.renderers.default = 'plotly_mimetype+notebook_connected'
+    warnings.filterwarnings('ignore', message='IProgress not found')  # no ipywidgets: tqdm (diffusers' bars) falls back to text
 
 _configure_plotly()
