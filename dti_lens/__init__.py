@@ -7,19 +7,23 @@ Docs: https://dti-lens.github.io/dti_lens/api.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_api.ipynb #7a40657c
+# %% ../nbs/99_api.ipynb #efa5f972
 __version__ = "0.1.0"
 
 from .sphere import *
 from .vmf import *
 from .zoo import *
 from .encoders import *
+from .geometry import *
+from .probe import *
+from .residual import *
+from .diagnose import *
 from .optim import *
 from .data import *
 from .embeddings import *
 from .train import *
 
-# %% ../nbs/99_api.ipynb #b46eab82
+# %% ../nbs/99_api.ipynb #90534a36
 def _configure_plotly():
     "Under IPython: render figures as plotly's mimetype and as HTML; text progress bars without a warning."
     import sys, warnings
