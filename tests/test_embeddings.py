@@ -224,3 +224,22 @@ def test_sana_needs_lower_case_tokens(tmp_path):
     with pytest.raises(ValueError, match="lower-case"): load_embeddings(pipe, tmp_path)
     assert_same_state(before, state(pipe))
     assert load_embeddings(pipe, tmp_path, token="<dog>") == {"text_encoder": ["<dog>"]}
+
+
+@pytest.mark.parametrize("kind", ["a1111_pt", "emb_params", "diffusers_pt", "diffusers_safetensors"])
+def test_write_like_keeps_each_format(tmp_path, kind):
+    from dti_lens.embeddings import read_embeddings, write_like
+    v = torch.randn(2, 32)
+    src = tmp_path / ("in.pt" if kind.endswith("pt") else "in.safetensors")
+    if kind == "a1111_pt": torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": v}, "name": "mytok", "step": 100}, src)
+    elif kind == "emb_params": save_file({"emb_params": v}, src, metadata={"name": "mytok"})
+    elif kind == "diffusers_pt": torch.save({"<tok>": v}, src)
+    else: save_file({"<tok>": v}, src)
+    emb = read_embeddings(src)
+    out = write_like(emb, tmp_path / src.name.replace("in", "out"), {k: 3 * r for k, r in emb.vectors.items()})
+    back = read_embeddings(out)
+    assert back.kind == emb.kind and back.token == emb.token
+    assert all(torch.equal(back.vectors[k], 3 * emb.vectors[k]) for k in emb.vectors)
+    if kind == "a1111_pt":
+        raw = torch.load(out, weights_only=True)
+        assert raw["step"] == 100 and raw["string_to_token"] == {"*": 265}  # A1111's other entries are kept
