@@ -7,7 +7,7 @@ Docs: https://dti-lens.github.io/dti_lens/api.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_api.ipynb #efa5f972
+# %% ../nbs/99_api.ipynb #7410d081
 __version__ = "0.1.0"
 
 from .sphere import *
@@ -22,8 +22,10 @@ from .optim import *
 from .data import *
 from .embeddings import *
 from .train import *
+from .tea import *
+from .interpolate import *
 
-# %% ../nbs/99_api.ipynb #90534a36
+# %% ../nbs/99_api.ipynb #a2925e29
 def _configure_plotly():
     "Under IPython: render figures as plotly's mimetype and as HTML; text progress bars without a warning."
     import sys, warnings
