@@ -81,3 +81,26 @@ def test_vmf_demo_rejects_bad_sizes(tmp_path):
     res = run("vmf-demo", "--k", "0", cwd=tmp_path)
     assert res.returncode == 2 and "--k" in res.stderr
     assert not (tmp_path / "demo_output").exists()
+
+
+def test_adjust_fixes_a_file_in_its_own_format(tmp_path):
+    import torch
+    from dti_lens.embeddings import read_embeddings
+    from dti_lens.zoo import tiny_pipeline
+    from dti_lens.encoders import text_encoders
+    from dti_lens.tea import tea_adjust, anchor_vector
+    enc = text_encoders(tiny_pipeline("sd15"))["text_encoder"]
+    big = 8 * torch.randn(2, 32)
+    save_file = __import__("safetensors.torch", fromlist=["save_file"]).save_file
+    save_file({"<cat>": big}, tmp_path / "cat.safetensors")
+    res = run("adjust", "cat.safetensors", "fixed.safetensors", "--model", "tiny:sd15", "--anchor", "cat", "--alpha", "0.3", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    fixed = read_embeddings(tmp_path / "fixed.safetensors")
+    assert fixed.kind == "diffusers" and fixed.token == "<cat>"
+    expected = tea_adjust(big.double(), anchor_vector(enc, "cat"), 0.3, 1.0).float()
+    assert torch.allclose(fixed.vectors[None], expected, atol=1e-6)
+    res = run("adjust", "cat.safetensors", "auto.safetensors", "--model", "tiny:sd15", "--anchor", "cat", "--auto", cwd=tmp_path)
+    assert res.returncode == 0 and "alpha" in res.stdout, res.stderr
+    res = run("adjust", "cat.safetensors", "bad.safetensors", "--model", "tiny:sd15", "--anchor", "cat", "--alpha", "2", cwd=tmp_path)
+    assert res.returncode == 2 and "alpha" in res.stderr
+    assert not (tmp_path / "bad.safetensors").exists()
