@@ -17,6 +17,7 @@ from plotly.subplots import make_subplots
 
 from .sphere import angle, as_vectors
 from .encoders import TextEncoder, anatomy, word_pieces
+from .probe import _check_scales  # the same check as the position probe
 
 # %% auto #0
 __all__ = ['TOLERANCE_DEG', 'PRE_NORM_STEPS', 'POST_NORM_STEPS', 'word_position', 'Lemma2Check', 'lemma2_check', 'ResidualAngles',
@@ -145,13 +146,6 @@ class ResidualAngles:
     def __repr__(self): return self.summary()
 
 # %% ../nbs/06_residual.ipynb #de225a74
-def _check_scales(scales) -> tuple:
-    "`scales` as a tuple of positive finite numbers, or a ValueError."
-    scales = tuple(scales) if isinstance(scales, (list, tuple)) else (scales,)
-    if not scales or any(isinstance(s, bool) or not isinstance(s, numbers.Real) or not 0 < s < math.inf for s in scales):
-        raise ValueError(f"scales must be positive finite numbers; got {scales!r}")
-    return scales
-
 def _check_embedding(embedding, width:int) -> torch.Tensor:
     "`embedding` as a float64 vector of the encoder's width, or a ValueError."
     e = as_vectors(torch.as_tensor(embedding).detach(), "embedding")

@@ -21,9 +21,10 @@ from .embeddings import save_embeddings, write_atomic, write_text_atomic
 
 # %% auto #0
 __all__ = ['METHODS', 'DEFAULTS', 'TrainConfig', 'check_config', 'Slot', 'check_words', 'make_slots', 'LatentCache',
-           'encode_latents', 'denoise_loss', 'make_optimizer', 'project_back', 'regulariser', 'Sampler',
-           'save_checkpoint', 'load_checkpoint', 'TrainResult', 'load_pipeline', 'latent_factor', 'check_resolution',
-           'sample_images', 'train_dti', 'fixed_loss', 'rescale', 'norm_figure', 'subject_token', 'train_many']
+           'encode_latents', 'noise_scheduler', 'denoise_loss', 'make_optimizer', 'project_back', 'regulariser',
+           'Sampler', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'load_pipeline', 'latent_factor',
+           'check_resolution', 'sample_images', 'train_dti', 'fixed_loss', 'rescale', 'norm_figure', 'subject_token',
+           'train_many']
 
 # %% ../nbs/13_train.ipynb #9c2a1157
 METHODS = ("dti", "ti", "adamw_sphere", "crossinit")
@@ -159,6 +160,12 @@ def encode_latents(vae, pixels:PixelBatch, chunk:int=8) -> LatentCache:
     return LatentCache(mean, std, pixels.original_sizes, pixels.crop_top_left)
 
 # %% ../nbs/13_train.ipynb #1e5f1e56
+def noise_scheduler(pipe):
+    "The DDPM scheduler that adds training noise for SD/SDXL (from the pipeline's scheduler config); None for SANA."
+    if family(pipe) == "sana": return None
+    from diffusers import DDPMScheduler
+    return DDPMScheduler.from_config(pipe.scheduler.config)
+
 def denoise_loss(pipe, cond:dict, latents:torch.Tensor, batch:dict, gen) -> torch.Tensor:
     "The pipeline's training loss for `latents` under the text conditioning `cond`; `batch` has the denoiser's dtype."
     noise = torch.randn(latents.shape, generator=gen).to(latents)
@@ -400,10 +407,7 @@ def _prepare(pipe, c:TrainConfig, pieces, pixels:PixelBatch) -> tuple[dict, dict
     words = " ".join(next(iter(slots.values())).tokens)
     prompts = [t.format(words) for t in c.templates]
     gen = torch.Generator().manual_seed(c.seed)
-    sched = None
-    if family(pipe) != "sana":
-        from diffusers import DDPMScheduler
-        sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    sched = noise_scheduler(pipe)
     data = dict(cache=cache, tokens={k: tokenize(s.enc, prompts) for k, s in slots.items()}, sampler=Sampler(len(cache.mean), gen),
                 scheduler=sched, gen=gen, device=pipe.device, dtype=_denoiser(pipe).dtype)  # looked up once: both walk the modules
     return slots, data
@@ -473,7 +477,7 @@ def fixed_loss(pipe, # a pipeline that knows `token`
     resolution = check_resolution(pipe, resolution)
     px = pixel_batch(images, resolution, flip=False)
     cache, gen = encode_latents(pipe.vae, px), torch.Generator().manual_seed(seed)
-    sched = None if family(pipe) == "sana" else __import__("diffusers").DDPMScheduler.from_config(pipe.scheduler.config)
+    sched = noise_scheduler(pipe)
     batch = {k: tokenize(e, [prompt] * len(px)) for k, e in text_encoders(pipe).items()}
     cond = encode(pipe, batch)
     idx = list(range(len(px)))
