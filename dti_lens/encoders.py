@@ -13,8 +13,9 @@ import torch
 # %% auto #0
 __all__ = ['ENCODER_NAMES', 'MAGNITUDES', 'SANA_MAX_LENGTH', 'ANATOMY_KINDS', 'TextEncoder', 'text_encoders', 'family',
            'check_magnitude', 'vocab_norms', 'm_star', 'word_pieces', 'placeholder_tokens', 'expand_placeholder',
-           'check_placeholder', 'add_placeholder', 'LearnedRows', 'learned_rows', 'tokenize', 'encode', 'Anatomy',
-           'anatomy', 'load_text_encoder']
+           'check_placeholder', 'add_placeholder', 'lookup_scale', 'embedded', 'LearnedRows', 'learned_rows',
+           'tokenize', 'pipeline_prompt', 'prompt_batch', 'encode', 'Anatomy', 'anatomy', 'first_block_inputs',
+           'load_text_encoder']
 
 # %% ../nbs/03_encoders.ipynb #2134ac13
 @dataclass
@@ -115,6 +116,19 @@ def add_placeholder(enc:TextEncoder, tokens:list[str], rows:torch.Tensor) -> lis
     with torch.no_grad(): enc.table[ids] = rows.to(enc.table)
     return ids
 
+# %% ../nbs/03_encoders.ipynb #ee389bd4
+def lookup_scale(embedding:torch.nn.Module) -> torch.Tensor:
+    "The factor an input embedding multiplies looked-up rows by, as a 0-d tensor of its dtype: Gemma's sqrt(d), else 1."
+    s = getattr(embedding, "embed_scale", None)  # transformers 5 keeps Gemma's sqrt(d) inside the embedding layer
+    return torch.ones((), dtype=embedding.weight.dtype) if s is None else s.to(embedding.weight.dtype)
+
+def embedded(embedding:torch.nn.Module, # a text encoder's input embedding layer
+             rows:torch.Tensor, # table rows (..., d), in the table's units (e.g. learned vectors)
+            ) -> torch.Tensor: # (..., d) in the layer's dtype
+    "What `embedding` outputs where its table holds `rows`: the rows in its dtype, times its `lookup_scale`."
+    s = lookup_scale(embedding)
+    return rows.to(embedding.weight.dtype) * s.to(rows.device)
+
 # %% ../nbs/03_encoders.ipynb #1f2fcd41
 class LearnedRows(torch.nn.Module):
     "An input embedding that reads `rows_fn()` (n, d) for the ids `ids` and the frozen table elsewhere."
@@ -129,7 +143,7 @@ class LearnedRows(torch.nn.Module):
     def forward(self, input_ids):
         out = self.base(input_ids)
         slot = self.lookup[input_ids]
-        rows = self.rows_fn().to(out.dtype)
+        rows = embedded(self.base, self.rows_fn()).to(out.dtype)
         return torch.where((slot >= 0)[..., None], rows[slot.clamp_min(0)], out)
 
 # %% ../nbs/03_encoders.ipynb #be3abcc9
@@ -151,6 +165,14 @@ def tokenize(enc:TextEncoder, prompts:list[str]) -> dict:
     length = min(tok.model_max_length, SANA_MAX_LENGTH)  # CLIP: 77; Gemma's tokenizer says ~1e30, SANA uses 300
     out = tok(list(prompts), padding="max_length", max_length=length, truncation=True, return_tensors="pt")
     return dict(input_ids=out.input_ids, attention_mask=out.attention_mask)
+
+def pipeline_prompt(pipe, prompt:str) -> str:
+    "`prompt` as the pipeline's `encode_prompt` preprocesses it before tokenizing: SANA lower-cases and strips it."
+    return prompt.lower().strip() if family(pipe) == "sana" else prompt
+
+def prompt_batch(pipe, prompts:list[str]) -> dict[str, dict]:
+    "Every encoder's tokenized `prompts` (by encoder name), preprocessed as the pipeline does: the input of `encode`."
+    return {k: tokenize(e, [pipeline_prompt(pipe, p) for p in prompts]) for k, e in text_encoders(pipe).items()}
 
 # %% ../nbs/03_encoders.ipynb #19bd8c2d
 def encode(pipe, batch:dict[str, dict], device=None) -> dict:
@@ -177,7 +199,7 @@ class Anatomy:
     first_norm: torch.nn.Module # the first normalisation a token meets
     blocks: list # the transformer blocks, in order
     pre_norm: bool # blocks normalise their input (CLIP, Gemma, T5) or their output (BERT)
-    scale: float # multiplier after the lookup (Gemma: sqrt(d))
+    scale: float # what the embedding layer multiplies looked-up rows by (`lookup_scale`; Gemma: sqrt(d))
 
     @property
     def width(self) -> int: return self.tokens.weight.shape[1]
@@ -200,23 +222,42 @@ def _kind(model) -> str:
     raise ValueError(f"text encoder {type(model).__name__} is not covered; supported: {', '.join(ANATOMY_KINDS.values())}")
 
 # %% ../nbs/03_encoders.ipynb #4efc459c
-def anatomy(model:torch.nn.Module) -> Anatomy:
-    "The token table, positions, first norm, blocks, norm placement and embedding scale of `model`."
-    kind = _kind(model)
+def _parts(model, kind:str) -> tuple:
+    "(token table, positions, type row, first norm, blocks, pre-norm) of a covered encoder."
     if kind == "clip":
         m = getattr(model, "text_model", model)
         layers = list(m.encoder.layers)
-        return Anatomy(kind, m.embeddings.token_embedding, m.embeddings.position_embedding, None, layers[0].layer_norm1, layers, True, 1.0)
+        return m.embeddings.token_embedding, m.embeddings.position_embedding, None, layers[0].layer_norm1, layers, True
     if kind == "gemma2":
         m = getattr(model, "model", model) if not hasattr(model, "embed_tokens") else model
-        layers = list(m.layers)
-        return Anatomy(kind, m.embed_tokens, None, None, layers[0].input_layernorm, layers, True, float(m.config.hidden_size) ** 0.5)
+        return m.embed_tokens, None, None, m.layers[0].input_layernorm, list(m.layers), True
     if kind == "t5":
         blocks = list(model.encoder.block)
-        return Anatomy(kind, model.encoder.embed_tokens, None, None, blocks[0].layer[0].layer_norm, blocks, True, 1.0)
+        return model.encoder.embed_tokens, None, None, blocks[0].layer[0].layer_norm, blocks, True
     m = getattr(model, "bert", model)
     e = m.embeddings
-    return Anatomy(kind, e.word_embeddings, e.position_embeddings, e.token_type_embeddings.weight[0], e.LayerNorm, list(m.encoder.layer), False, 1.0)
+    return e.word_embeddings, e.position_embeddings, e.token_type_embeddings.weight[0], e.LayerNorm, list(m.encoder.layer), False
+
+def anatomy(model:torch.nn.Module) -> Anatomy:
+    "The token table, positions, first norm, blocks, norm placement and embedding scale of `model`."
+    kind = _kind(model)
+    tokens, positions, type_row, first_norm, blocks, pre_norm = _parts(model, kind)
+    return Anatomy(kind, tokens, positions, type_row, first_norm, blocks, pre_norm, float(lookup_scale(tokens)))
+
+# %% ../nbs/03_encoders.ipynb #f841e431
+@contextmanager
+def first_block_inputs(pipe) -> dict[str, list[torch.Tensor]]:
+    "Within the block, the hidden states (batch, L, d) entering the first block of each text encoder, per call."
+    seen, handles = {}, []
+    def record(name):
+        return lambda mod, args, kwargs: seen[name].append((args[0] if args else kwargs["hidden_states"]).detach().clone())
+    try:
+        for name, e in text_encoders(pipe).items():
+            seen[name] = []
+            handles.append(anatomy(e.model).blocks[0].register_forward_pre_hook(record(name), with_kwargs=True))
+        yield seen
+    finally:
+        for h in handles: h.remove()
 
 # %% ../nbs/03_encoders.ipynb #413cb309
 def load_text_encoder(name:str, # "tiny:<kind>[/<encoder>]", "minilm", or a model id / folder
