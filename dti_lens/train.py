@@ -23,8 +23,8 @@ from .embeddings import save_embeddings, write_atomic, write_text_atomic
 __all__ = ['METHODS', 'DEFAULTS', 'TrainConfig', 'check_config', 'Slot', 'check_words', 'make_slots', 'LatentCache',
            'encode_latents', 'noise_scheduler', 'denoise_loss', 'make_optimizer', 'project_back', 'regulariser',
            'Sampler', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'load_pipeline', 'latent_factor',
-           'check_resolution', 'sample_images', 'train_dti', 'fixed_loss', 'rescale', 'norm_figure', 'subject_token',
-           'train_many']
+           'check_resolution', 'sample_kwargs', 'sample_images', 'train_dti', 'fixed_loss', 'rescale', 'norm_figure',
+           'subject_token', 'train_many']
 
 # %% ../nbs/13_train.ipynb #9c2a1157
 METHODS = ("dti", "ti", "adamw_sphere", "crossinit")
@@ -319,15 +319,18 @@ def _pipe_prompt(pipe, prompt:str, token:str, n:int) -> str:
     "A prompt as the pipeline wants it: SD/SDXL expand multi-vector tokens themselves, SANA does not."
     return prompt if hasattr(pipe, "maybe_convert_prompt") else expand_placeholder(prompt, token, n)
 
+def sample_kwargs(pipe) -> dict:
+    "Pipeline-call arguments that keep sampling on training's text path (SANA: no complex human instruction, no binning)."
+    return dict(use_resolution_binning=False, complex_human_instruction=None) if family(pipe) == "sana" else {}
+
 @torch.no_grad()
 def sample_images(pipe, prompts:list[str], token:str, n:int, resolution:int, seed:int=0, steps:int=25) -> list:
     "One batched pipeline call: an image per prompt, seeded."
-    kw = dict(use_resolution_binning=False) if family(pipe) == "sana" else {}
     gens = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
     bar = getattr(pipe, "_progress_bar_config", None)
     pipe.set_progress_bar_config(disable=True)  # a few inference steps inside a training run: no second bar
     try: return pipe([_pipe_prompt(pipe, p, token, n) for p in prompts], height=resolution, width=resolution,
-                     num_inference_steps=steps, generator=gens, **kw).images
+                     num_inference_steps=steps, generator=gens, **sample_kwargs(pipe)).images
     finally:
         if bar is None: del pipe._progress_bar_config
         else: pipe._progress_bar_config = bar
