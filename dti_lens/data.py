@@ -14,8 +14,9 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 
 # %% auto #0
-__all__ = ['IMAGE_EXTENSIONS', 'TEMPLATES', 'image_files', 'load_image', 'load_images', 'Subject', 'load_dreambooth',
-           'center_crop_box', 'to_pixels', 'PixelBatch', 'pixel_batch', 'synthetic_subject']
+__all__ = ['IMAGE_EXTENSIONS', 'DREAMBOOTH_KEYS', 'TEMPLATES', 'CROPS', 'image_files', 'load_image', 'load_images', 'Subject',
+           'load_dreambooth', 'center_crop_box', 'random_crop_boxes', 'to_pixels', 'PixelBatch', 'pixel_batch',
+           'synthetic_subject']
 
 # %% ../nbs/11_data.ipynb #635c369a
 IMAGE_EXTENSIONS = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
@@ -76,31 +77,79 @@ def load_images(images:str|Path|list|tuple|Image.Image, # a folder, a list of pa
 # %% ../nbs/11_data.ipynb #7162bac9
 @dataclass
 class Subject:
-    "One DreamBooth subject: its name, image folder, class word and initialisation word."
+    "One DreamBooth subject: its name, images, class word, init and prior words, and its own templates if any."
     name: str
-    path: Path
+    path: Path|None # the image folder (None when only `images` are listed)
     class_word: str
-    init: str
+    init: str # the token's start (JSON "initialization", default the class word)
+    prior: str # the vMF mean word mu (JSON "prior", default the init word: DTI App. D.2)
+    images: list|None = None # image files, when listed instead of (or within) the folder
+    templates: tuple|None = None # the subject's own prompt templates (JSON "template")
+
+    @property
+    def training_images(self):
+        "What `train_dti` takes as `images`: the listed files, else the folder."
+        return self.images if self.images is not None else self.path
 
 # %% ../nbs/11_data.ipynb #87edeaab
-def _subject(root:Path, name:str, entry) -> Subject:
+DREAMBOOTH_KEYS = ("path", "images", "class", "initialization", "prior", "template")
+
+def _word(name:str, entry:dict, key:str, default=None) -> str:
+    "A non-empty string entry, or `default` when absent."
+    if key not in entry: return default
+    if not (isinstance(entry[key], str) and entry[key].strip()):
+        raise ValueError(f"subject {name!r}: {key!r} must be a non-empty string; got {entry[key]!r}")
+    return entry[key]
+
+def _resolve(name:str, key:str, value:str, roots:list[Path], want) -> Path:
+    "The first of root / value (roots in order) that `want` accepts (Path.is_dir or Path.is_file)."
+    for root in roots:
+        if want(p := (root / Path(value).expanduser()).absolute()): return p
+    kind = "folder" if want is Path.is_dir else "file"
+    raise ValueError(f"subject {name!r}: {key!r} {value!r} is not a {kind} (looked in {', '.join(str(r) for r in roots)})")
+
+# %% ../nbs/11_data.ipynb #49e055b4
+def _templates(name:str, entry:dict) -> tuple|None:
+    "The subject's `template` (a string or a list of strings, each with one '{}'), or None."
+    t = entry.get("template")
+    if t is None: return None
+    ts = [t] if isinstance(t, str) else t
+    if not (isinstance(ts, list) and ts and all(isinstance(s, str) and s.count("{}") == 1 for s in ts)):
+        raise ValueError(f"subject {name!r}: 'template' must be a prompt with one '{{}}' or a list of them; got {t!r}")
+    return tuple(ts)
+
+def _images(name:str, entry:dict, roots:list[Path], folder:Path|None) -> list|None:
+    "The subject's `images` list as files, resolved against its folder (if any), else the roots."
+    if "images" not in entry: return None
+    ims = entry["images"]
+    if not (isinstance(ims, list) and ims and all(isinstance(x, str) and x.strip() for x in ims)):
+        raise ValueError(f"subject {name!r}: 'images' must be a non-empty list of file names; got {ims!r}"[:300])
+    return [_resolve(name, "images", x, [folder] if folder else roots, Path.is_file) for x in ims]
+
+# %% ../nbs/11_data.ipynb #4effee59
+def _subject(roots:list[Path], name:str, entry) -> Subject:
     "Validate one entry of a DreamBooth JSON file."
     if not isinstance(entry, dict): raise ValueError(f"subject {name!r}: expected a mapping with 'path' and 'class'; got {type(entry).__name__}")
-    for key in ('path', 'class', 'initialization'):
-        if key in entry and not (isinstance(entry[key], str) and entry[key].strip()): raise ValueError(f"subject {name!r}: {key!r} must be a non-empty string; got {entry[key]!r}")
-        if key not in entry and key != 'initialization': raise ValueError(f"subject {name!r}: missing key {key!r}")
-    path = root / Path(entry['path']).expanduser()
-    if not path.is_dir(): raise ValueError(f"subject {name!r}: 'path' {str(path)!r} is not a folder")
-    return Subject(name, path, entry['class'], entry.get('initialization', entry['class']))
+    if "path" not in entry and "images" not in entry: raise ValueError(f"subject {name!r}: missing key 'path' (or 'images')")
+    if "class" not in entry: raise ValueError(f"subject {name!r}: missing key 'class'")
+    folder = _word(name, entry, "path")
+    folder = folder and _resolve(name, "path", folder, roots, Path.is_dir)
+    cls = _word(name, entry, "class")
+    init = _word(name, entry, "initialization", cls)
+    return Subject(name, folder, cls, init, _word(name, entry, "prior", init), _images(name, entry, roots, folder),
+                   _templates(name, entry))
 
-def load_dreambooth(path:str|Path, # a JSON file {subject: {"path": ..., "class": ..., "initialization": ...}}
+def load_dreambooth(path:str|Path, # a JSON file {subject: {"path" or "images", "class", ["initialization", "prior", "template"]}}
                    ) -> list[Subject]:
-    "The subjects of a DreamBooth-style JSON file, with folders resolved against the file's own folder."
+    "The subjects of a DreamBooth-style JSON file; relative paths resolve against its folder, then the working folder."
     path = Path(path).expanduser()
     try: spec = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e: raise ValueError(f"cannot read DreamBooth subjects from {str(path)!r}: {e}") from e
     if not isinstance(spec, dict) or not spec: raise ValueError(f"{str(path)!r} must map at least one subject name to its 'path' and 'class'; got {spec!r}"[:300])
-    return [_subject(path.parent, name, entry) for name, entry in spec.items()]
+    subjects = [_subject([path.parent, Path.cwd()], name, entry) for name, entry in spec.items()]
+    unused = sorted({k for e in spec.values() for k in e} - set(DREAMBOOTH_KEYS))
+    if unused: warnings.warn(f"{str(path)!r}: ignoring key(s) {', '.join(map(repr, unused))}; known keys: {', '.join(DREAMBOOTH_KEYS)}")
+    return subjects
 
 # %% ../nbs/11_data.ipynb #92311c6c
 TEMPLATES = (
@@ -128,13 +177,27 @@ def center_crop_box(size:tuple[int, int], # (height, width) of the image
     rh, rw = (resolution, (2 * w * resolution + h) // (2 * h)) if h <= w else ((2 * h * resolution + w) // (2 * w), resolution)
     return (rh, rw), ((rh - resolution) // 2, (rw - resolution) // 2)
 
+def random_crop_boxes(size:tuple[int, int], # (height, width) of the image
+                      resolution:int, # side of the square crop
+                      n:int, # how many corners to draw
+                      gen:torch.Generator, # the generator they are drawn from
+                     ) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    "The resized (height, width) of `center_crop_box`, and `n` uniform (top, left) corners of a square crop in it."
+    (rh, rw), _ = center_crop_box(size, resolution)
+    tops = torch.randint(0, rh - resolution + 1, (n,), generator=gen).tolist()
+    lefts = torch.randint(0, rw - resolution + 1, (n,), generator=gen).tolist()
+    return (rh, rw), list(zip(tops, lefts))
+
 # %% ../nbs/11_data.ipynb #8c9b7918
 def to_pixels(image:Image.Image, # a PIL image (any mode)
               resolution:int, # side of the square output
-              flip:bool=False, # mirror it horizontally
+              flip:bool=False, # mirror it horizontally (after cropping)
+              box:tuple[int, int]|None=None, # (top, left) of the crop in the resized image; default: centred
              ) -> torch.Tensor:
-    "The centre crop of `image` as a float32 tensor (3, resolution, resolution) in [-1, 1]."
-    (rh, rw), (top, left) = center_crop_box((image.height, image.width), resolution)
+    "A square crop of `image` as a float32 tensor (3, resolution, resolution) in [-1, 1]."
+    (rh, rw), centre = center_crop_box((image.height, image.width), resolution)
+    top, left = box if box is not None else centre
+    if not (0 <= top <= rh - resolution and 0 <= left <= rw - resolution): raise ValueError(f"box {box} is outside the resized image ({rh}, {rw})")
     img = _to_rgb(image).resize((rw, rh), Image.BICUBIC).crop((left, top, left + resolution, top + resolution))
     if flip: img = img.transpose(Image.FLIP_LEFT_RIGHT)
     return torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
@@ -150,21 +213,37 @@ class PixelBatch:
     def __len__(self): return len(self.pixels)
 
 # %% ../nbs/11_data.ipynb #d8b50b62
+CROPS = ("random", "center")
+
+def _boxes(sizes, resolution:int, crop:str, crops:int, seed:int) -> list[list]:
+    "Per crop round, per image: ((resized h, w), (top, left))."
+    if crop == "center": return [[center_crop_box(s, resolution) for s in sizes]]
+    gen = torch.Generator().manual_seed(seed)
+    drawn = [random_crop_boxes(s, resolution, crops, gen) for s in sizes]
+    return [[(rs, bs[j]) for rs, bs in drawn] for j in range(crops)]
+
 def pixel_batch(images, # anything `load_images` takes
                 resolution:int, # side of the square crops
-                flip:bool=True, # also return every image's mirror (after all the originals)
+                flip:bool=False, # also return every row's mirror (after all the others)
+                crop:str="center", # "center", or "random": `crops` uniformly placed crops per image
+                crops:int=1, # random crops per image (1 with "center")
+                seed:int=0, # seed of the crop positions
                ) -> PixelBatch:
-    "Every image, centre-cropped to `resolution` (and its mirror), with original sizes and crop corners."
+    "Every image's crops (and their mirrors), with original sizes and crop corners, in the layout described above."
     _check_resolution(resolution)
+    if crop not in CROPS: raise ValueError(f"crop must be one of {CROPS}; got {crop!r}")
+    if isinstance(crops, bool) or not isinstance(crops, int) or crops < 1 or (crop == "center" and crops != 1):
+        raise ValueError(f"crops must be an int >= 1 (1 with crop='center'); got {crops!r}")
     images = load_images(images)
     sizes = [(im.height, im.width) for im in images]
-    boxes = [center_crop_box(s, resolution) for s in sizes]
-    pixels = torch.stack([to_pixels(im, resolution) for im in images])
-    crops = [(top, left) for _, (top, left) in boxes]
-    if not flip: return PixelBatch(pixels, torch.tensor(sizes), torch.tensor(crops), torch.zeros(len(images), dtype=torch.bool))
-    crops += [(top, rw - resolution - left) for (_, rw), (top, left) in boxes]
-    return PixelBatch(torch.cat([pixels, pixels.flip(-1)]), torch.tensor(sizes * 2), torch.tensor(crops),
-                      torch.arange(2 * len(images)) >= len(images))
+    rounds = _boxes(sizes, resolution, crop, crops, seed)
+    pixels = torch.stack([to_pixels(im, resolution, box=b) for r in rounds for im, (_, b) in zip(images, r)])
+    corners = [b for r in rounds for _, b in r]
+    n = len(pixels)
+    if not flip: return PixelBatch(pixels, torch.tensor(sizes * len(rounds)), torch.tensor(corners), torch.zeros(n, dtype=torch.bool))
+    corners += [(top, rw - resolution - left) for r in rounds for (_, rw), (top, left) in r]
+    return PixelBatch(torch.cat([pixels, pixels.flip(-1)]), torch.tensor(sizes * 2 * len(rounds)), torch.tensor(corners),
+                      torch.arange(2 * n) >= n)
 
 # %% ../nbs/11_data.ipynb #e3aa1361
 def _disc(rng:np.random.Generator, resolution:int) -> Image.Image:

@@ -16,12 +16,12 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from .sphere import angle, as_vectors
-from .encoders import TextEncoder, anatomy, word_pieces
+from .encoders import TextEncoder, anatomy, embedded, word_pieces
 from .probe import _check_scales  # the same check as the position probe
 
 # %% auto #0
-__all__ = ['TOLERANCE_DEG', 'PRE_NORM_STEPS', 'POST_NORM_STEPS', 'word_position', 'Lemma2Check', 'lemma2_check', 'ResidualAngles',
-           'residual_angles', 'residual_figure']
+__all__ = ['EXPONENT_MAX', 'MIN_GROWTH', 'TOLERANCE_DEG', 'PRE_NORM_STEPS', 'POST_NORM_STEPS', 'word_position', 'Lemma2Check',
+           'lemma2_check', 'ResidualAngles', 'residual_angles', 'residual_figure']
 
 # %% ../nbs/06_residual.ipynb #08083cff
 def word_position(tokenizer, # the encoder's tokenizer
@@ -44,16 +44,19 @@ def _layer_norms(block) -> list: return [m for m in block.modules() if isinstanc
 
 @torch.no_grad()
 def _trace(model, anat, ids, pos:int, row:torch.Tensor) -> dict:
-    "States at `pos` (float64) entering/leaving each block ('x', 'y') and, post-norm, each inner LayerNorm ('sum', 'normed'), with `row` looked up there."
+    """States at `pos` (float64) entering/leaving each block ('x', 'y': (L, d)) and, post-norm, each inner
+    LayerNorm ('sum', 'normed'), with `row` (d,), in the table's units, looked up at `pos`."""
     rec = defaultdict(list)
     keep = lambda key, t: rec[key].append(t[0, pos].double().cpu())
+    out_row = embedded(anat.tokens, row)  # what the layer outputs for `row`: Gemma's sqrt(d) included
     def put(mod, args, out):
-        out = out.clone(); out[:, pos] = row.to(out); return out
+        out = out.clone(); out[:, pos] = out_row.to(out); return out
     handles, training = [], model.training
     try:
         handles.append(anat.tokens.register_forward_hook(put))
         for b in anat.blocks:
-            handles.append(b.register_forward_pre_hook(lambda m, a, kw: keep("x", a[0] if a else kw["hidden_states"]), with_kwargs=True))
+            handles.append(b.register_forward_pre_hook(
+                lambda m, a, kw: keep("x", a[0] if a else kw["hidden_states"]), with_kwargs=True))
             handles.append(b.register_forward_hook(lambda m, a, out: keep("y", _hidden(out))))
             for ln in ([] if anat.pre_norm else _layer_norms(b)):
                 handles.append(ln.register_forward_pre_hook(lambda m, a: keep("sum", a[0])))
@@ -66,45 +69,101 @@ def _trace(model, anat, ids, pos:int, row:torch.Tensor) -> dict:
 
 # %% ../nbs/06_residual.ipynb #cb3dde11
 def _steps(a:torch.Tensor, b:torch.Tensor) -> tuple:
-    "Angle and Lemma 2 bound (degrees; 180 where |b - a| >= |a|), |a| and |b - a| for residual steps a -> b."
+    "Angle (degrees), |a| and |b - a| for residual steps a -> b, each (...,) for a, b (..., d)."
     n, u = torch.linalg.vector_norm(a, dim=-1), torch.linalg.vector_norm(b - a, dim=-1)
-    bound = torch.where(u < n, torch.asin((u / n).clamp(max=1)), torch.full_like(n, math.pi))
-    return torch.rad2deg(angle(a, b)), torch.rad2deg(bound), n, u
+    return torch.rad2deg(angle(a, b)), n, u
+
+def _arcsin_deg(B, # an update norm, or one per step
+                n:torch.Tensor, # |x| per step
+               ) -> torch.Tensor:
+    "Lemma 2's bound arcsin(B/|x|) in degrees per step; 180 where B >= |x| and the lemma says nothing."
+    r = torch.as_tensor(B, dtype=torch.float64) / n
+    return torch.where(r < 1, torch.rad2deg(torch.asin(r.clamp(max=1))), torch.full_like(r, 180.0))
 
 # %% ../nbs/06_residual.ipynb #9dcc6acf
+EXPONENT_MAX = 0.5  # passes below: log-space midpoint of bounded updates (p = 0) and updates ∝ |x| (p = 1)
+MIN_GROWTH = 2.0  # |x| must grow at least this many times across the scales for the exponent to be measured
 TOLERANCE_DEG = 1e-9  # float64 rounding allowance when comparing an angle with its bound
+
+def _slope(x:list, y:list) -> float:
+    "Least-squares slope of log y against log x (positive values; zeros are clamped to a tiny number)."
+    lx, ly = (torch.tensor(v, dtype=torch.float64).clamp_min(1e-300).log() for v in (x, y))
+    dx = lx - lx.mean()
+    return float((dx * (ly - ly.mean())).sum() / (dx * dx).sum())
 
 @dataclass
 class Lemma2Check:
-    "Lemma 2 measured: each residual step a -> a + F(a) turns a by at most arcsin(|F(a)|/|a|) when |F(a)| < |a|."
+    "Lemma 2 across scales: the update norm B stays bounded while |x| grows with s (exponent p of B vs |x|)."
     where: str # which residual steps are checked
     angle: dict # {scale: [degrees per step]}
-    bound: dict # {scale: [arcsin(|F(a)|/|a|) in degrees; 180 where |F(a)| >= |a| and the lemma says nothing]}
-    norm: dict # {scale: [|a| per step]}
-    update: dict # {scale: [|F(a)| per step]}
+    norm: dict # {scale: [|x| entering each step]}
+    update: dict # {scale: [|F|, the norm of each step's update]}
 
     @property
-    def informative(self) -> int:
-        "Steps where the bound says something (|F(a)| < |a|)."
-        return sum(b < 180 for bs in self.bound.values() for b in bs)
+    def B(self) -> dict:
+        "{scale: B(s), the largest update norm over the steps}"
+        return {s: max(u) for s, u in self.update.items()}
     @property
-    def fraction(self) -> float:
-        "Share of informative steps whose angle is within the bound (NaN if none is informative)."
-        ok = [a <= b + TOLERANCE_DEG for s in self.angle for a, b in zip(self.angle[s], self.bound[s]) if b < 180]
+    def start(self) -> dict:
+        "{scale: |x|(s), the norm entering the first step}"
+        return {s: n[0] for s, n in self.norm.items()}
+    @property
+    def growth(self) -> float:
+        "How many times |x| grows across the scales: the largest `start` over the smallest."
+        return max(self.start.values()) / min(self.start.values())
+    @property
+    def tested(self) -> bool:
+        "Whether |x| grows at least `MIN_GROWTH` times, so that the exponent can tell the hypotheses apart."
+        return self.growth >= MIN_GROWTH
+    @property
+    def exponent(self) -> float:
+        "Slope p of log B(s) vs log |x|(s): ~0 if B is bounded (Lemma 2), ~1 if B grows like |x|; NaN untested."
+        return _slope(list(self.start.values()), list(self.B.values())) if self.tested else math.nan
+    @property
+    def passed(self) -> bool:
+        "Lemma 2 holds here: |x| grows and the exponent is below `EXPONENT_MAX` (False when not `tested`)."
+        return self.exponent < EXPONENT_MAX  # False for NaN
+    @property
+    def B_fixed(self) -> float:
+        "One B for all scales: B(s) at the smallest scale."
+        return self.B[min(self.B)]
+    @property
+    def fixed_bound(self) -> dict:
+        "{scale: [arcsin(B_fixed/|x|) per step, degrees; 180 where |x| <= B_fixed]}"
+        n = lambda v: torch.tensor(v, dtype=torch.float64)
+        return {s: _arcsin_deg(self.B_fixed, n(v)).tolist() for s, v in self.norm.items()}
+    def _predicted(self) -> list:
+        "Per step with |x| > B_fixed at a scale above the smallest: is its angle within arcsin(B_fixed/|x|)?"
+        lo, fb = min(self.angle), self.fixed_bound
+        return [a <= b + TOLERANCE_DEG for s in self.angle if s != lo
+                for a, b in zip(self.angle[s], fb[s]) if b < 180]
+    @property
+    def within(self) -> float:
+        "Share of the steps at the larger scales within the fixed-B bound (NaN if none has |x| > B_fixed)."
+        ok = self._predicted()
         return sum(ok) / len(ok) if ok else math.nan
+
     def __repr__(self):
-        total = sum(map(len, self.angle.values()))
-        return f"Lemma2Check({self.where}: {self.fraction:.3f} of {self.informative} informative steps within the bound; {total - self.informative} of {total} had |F(a)| >= |a|)"
+        s, B = list(self.start), list(self.B.values())
+        head = (f"Lemma2Check({self.where}; s = {min(s):g}..{max(s):g}: |x| grows {self.growth:.3g}x, "
+                f"B(s) {min(B):.3g}..{max(B):.3g}")
+        if not self.tested:
+            return head + f"; Lemma 2 not tested here: |x| grows < {MIN_GROWTH:g}x, exponent nan)"
+        verdict = "PASSED, the update is bounded" if self.passed else "FAILED, the update grows with |x|"
+        return (head + f"; exponent p = {self.exponent:.2f} (< {EXPONENT_MAX:g} passes): {verdict}; "
+                f"{self.within:.0%} of {len(self._predicted())} steps at s > {min(s):g} within arcsin(B/|x|), "
+                f"B = {self.B_fixed:.3g})")
 
 # %% ../nbs/06_residual.ipynb #907af0fb
 PRE_NORM_STEPS = "pre-norm blocks, x -> block(x)"
 POST_NORM_STEPS = "post-norm: residual sums before each LayerNorm, a -> a + F(a)"
 
-def lemma2_check(runs:dict, # {scale: `_trace` output}
+def lemma2_check(runs:dict, # {scale: `_trace` output: 'x', 'y' (L, d); post-norm also 'sum', 'normed'}
                  pre_norm:bool, # whether the blocks are pre-norm
                 ) -> Lemma2Check:
     "Lemma 2 on the traced steps: whole blocks if pre-norm, else the residual sums inside each block."
-    out = {k: {} for k in ("angle", "bound", "norm", "update")}
+    if not runs: raise ValueError("runs must hold the traced steps of at least one scale; got none")
+    out = {k: {} for k in ("angle", "norm", "update")}
     for s, t in runs.items():
         if pre_norm: a, b = t["x"], t["y"]
         else:  # the stream entering LayerNorm j of a block: the block input (j = 0), else LayerNorm j-1's output
@@ -124,7 +183,7 @@ class ResidualAngles:
     kind: str # the encoder family, as `anatomy` names it
     pre_norm: bool
     source: str # "word": s * the word's own row at its position; "embedding": s * the vector given
-    row_norms: dict # {scale: |row| looked up at the word's position}
+    row_norms: dict # {scale: |row| looked up at the word's position, in the table's units}
     per_block: dict # {scale: [degrees turned by each block]}
     norms: dict # {scale: [|x| entering each block]}
     updates: dict # {scale: [|block(x) - x| per block]}
@@ -139,8 +198,10 @@ class ResidualAngles:
 
     def summary(self) -> str:
         "A small table: per scale, the row norm, the mean and per-block angles, |x| entering the first and last block."
-        head = f"{self.kind} ({'pre' if self.pre_norm else 'post'}-norm), {self.source} {self.word!r} at position {self.position} of {self.prompt!r}"
-        rows = [f"{s:>6g}  |row| {self.row_norms[s]:8.3f}  mean {self.mean[s]:6.2f} deg  per block " + " ".join(f"{a:6.2f}" for a in self.per_block[s])
+        head = (f"{self.kind} ({'pre' if self.pre_norm else 'post'}-norm), {self.source} {self.word!r} "
+                f"at position {self.position} of {self.prompt!r}")
+        rows = [f"{s:>6g}  |row| {self.row_norms[s]:8.3f}  mean {self.mean[s]:6.2f} deg  per block "
+                + " ".join(f"{a:6.2f}" for a in self.per_block[s])
                 + f"  |x| {self.norms[s][0]:.3g} .. {self.norms[s][-1]:.3g}" for s in self.per_block]
         return "\n".join([head, *rows, repr(self.lemma2)])
     def __repr__(self): return self.summary()
@@ -160,36 +221,54 @@ def residual_angles(text_encoder:torch.nn.Module, # a text encoder `anatomy` cov
                     scales=(1,), # factors for the row at the word's position
                     embedding=None, # a vector (d,) to look up instead of the word's own row (in the table's units)
                    ) -> ResidualAngles:
-    "Per-block turning angle of `word`'s hidden state in `prompt`, with its input row (or `embedding`) times each scale."
+    """Per-block turning angle of `word`'s hidden state in `prompt`, with its input row (or `embedding`) times
+    each scale, and the Lemma 2 check across the scales. Rows are in the table's units: the embedding
+    layer's own scale (Gemma's sqrt(d)) is applied as in a normal forward pass, so s = 1 with the word's row
+    is that pass."""
     anat = anatomy(text_encoder)
     scales = _check_scales(scales)
     base = None if embedding is None else _check_embedding(embedding, anat.width)
     ids, pos, wid = word_position(tokenizer, prompt, word)
     if base is None: base = anat.tokens.weight[wid].detach().double()
     runs = {s: _trace(text_encoder, anat, ids, pos, s * base) for s in scales}
-    ang, _, norms, upd = zip(*(_steps(t["x"], t["y"]) for t in runs.values()))
+    ang, norms, upd = zip(*(_steps(t["x"], t["y"]) for t in runs.values()))
     lists = lambda vs: dict(zip(scales, (v.tolist() for v in vs)))
     return ResidualAngles(prompt, word, pos, anat.kind, anat.pre_norm, "word" if embedding is None else "embedding",
                           {s: float(s * base.norm()) for s in scales}, lists(ang), lists(norms), lists(upd),
                           lemma2_check(runs, anat.pre_norm))
 
 # %% ../nbs/06_residual.ipynb #91249313
+def _fixed_curve(L:Lemma2Check) -> tuple:
+    "(|x|, arcsin(B_fixed/|x|) in degrees) on a log grid from B_fixed past the largest |x|; empty if none > B."
+    B, top = L.B_fixed, max(max(n) for n in L.norm.values())
+    if top <= B: return [], []
+    xs = torch.logspace(math.log10(B * 1.001), math.log10(top * 1.2), 100, dtype=torch.float64)
+    return xs.tolist(), _arcsin_deg(B, xs).tolist()
+
 def residual_figure(r:ResidualAngles) -> go.Figure:
-    "Angle per block for each scale; Lemma 2: angle against |x| with each step's arcsin(B/|x|) bound and the envelope."
+    "Angle per block per scale; step angles vs |x| under arcsin(B/|x|) for one B; B(s) and |x|(s) against s."
     L = r.lemma2
-    fig = make_subplots(1, 2, subplot_titles=("angle turned by each block", f"Lemma 2 ({L.where})"))
+    p = f"p = {L.exponent:.2f}" if L.tested else "not tested, |x| does not grow"
+    fig = make_subplots(1, 3, subplot_titles=("angle turned by each block", "Lemma 2: step angle against |x|",
+                                              f"B(s) and |x|(s): exponent {p}"))
     for i, s in enumerate(r.per_block):
         c, g = qualitative.Plotly[i % 10], str(s)
-        fig.add_scatter(x=list(range(len(r.per_block[s]))), y=r.per_block[s], name=f"s = {s:g}", legendgroup=g, line_color=c, row=1, col=1)
-        fig.add_scatter(x=L.norm[s], y=L.angle[s], mode="markers", marker_color=c, legendgroup=g, showlegend=False, name=f"angle, s = {s:g}", row=1, col=2)
-        ok = [j for j, b in enumerate(L.bound[s]) if b < 180]
-        fig.add_scatter(x=[L.norm[s][j] for j in ok], y=[L.bound[s][j] for j in ok], mode="markers", legendgroup=g, showlegend=False,
-                        marker=dict(color=c, symbol="circle-open", size=10), name=f"bound, s = {s:g}", row=1, col=2)
-    B, top = max(max(u) for u in L.update.values()), max(max(n) for n in L.norm.values())
-    if top > B:
-        xs = torch.logspace(math.log10(B * 1.001), math.log10(top * 1.2), 100, dtype=torch.float64)
-        fig.add_scatter(x=xs.tolist(), y=torch.rad2deg(torch.asin(B / xs)).tolist(), mode="lines", line=dict(color="gray", dash="dot"),
-                        name=f"arcsin(B/|x|), B = {B:.3g}", row=1, col=2)
-    fig.update_xaxes(title_text="block", dtick=1, row=1, col=1).update_xaxes(title_text="|x| entering the step", type="log", row=1, col=2)
+        fig.add_scatter(x=list(range(len(r.per_block[s]))), y=r.per_block[s], name=f"s = {s:g}", legendgroup=g,
+                        line_color=c, row=1, col=1)
+        fig.add_scatter(x=L.norm[s], y=L.angle[s], mode="markers", marker_color=c, legendgroup=g,
+                        showlegend=False, name=f"angle, s = {s:g}", row=1, col=2)
+    xs, ys = _fixed_curve(L)
+    fig.add_scatter(x=xs, y=ys, mode="lines", line=dict(color="gray", dash="dot"), row=1, col=2,
+                    name=f"arcsin(B/|x|), B = B(s={min(L.B):g}) = {L.B_fixed:.3g}")
+    sc = list(L.B)
+    fig.add_scatter(x=sc, y=list(L.B.values()), mode="lines+markers", line_color="black", row=1, col=3,
+                    name="B(s): largest update")
+    fig.add_scatter(x=sc, y=list(L.start.values()), mode="lines+markers", line=dict(color="gray", dash="dash"),
+                    name="|x|(s): entering the first step", row=1, col=3)
+    fig.update_xaxes(title_text="block", dtick=1, row=1, col=1)
+    fig.update_xaxes(title_text="|x| entering the step", type="log", row=1, col=2)
+    fig.update_xaxes(title_text="scale s", type="log", row=1, col=3).update_yaxes(type="log", row=1, col=3)
     fig.update_yaxes(title_text="degrees", row=1, col=1).update_yaxes(title_text="degrees", row=1, col=2)
-    return fig.update_layout(title=f"Residual angles of {r.word!r} ({r.kind}, {r.source})", template="plotly_white", height=420)
+    fig.update_yaxes(title_text="norm", row=1, col=3)
+    title = f"Residual angles of {r.word!r} ({r.kind}, {r.source}); Lemma 2 on {L.where}"
+    return fig.update_layout(title=title, template="plotly_white", height=440)

@@ -14,63 +14,105 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from .sphere import normalize
 from .encoders import (TextEncoder, text_encoders, family, m_star, check_magnitude, word_pieces, placeholder_tokens,
-                               expand_placeholder, check_placeholder, add_placeholder, learned_rows, tokenize, encode)
+                               expand_placeholder, check_placeholder, add_placeholder, learned_rows, tokenize, encode,
+                               prompt_batch, pipeline_prompt)
 from .optim import DirectionalSGD
-from .data import TEMPLATES, PixelBatch, pixel_batch, load_images
+from .data import TEMPLATES, CROPS, PixelBatch, pixel_batch, load_images
 from .embeddings import save_embeddings, write_atomic, write_text_atomic
 
 # %% auto #0
-__all__ = ['METHODS', 'DEFAULTS', 'TrainConfig', 'check_config', 'Slot', 'check_words', 'make_slots', 'LatentCache',
-           'encode_latents', 'noise_scheduler', 'denoise_loss', 'make_optimizer', 'project_back', 'regulariser',
-           'Sampler', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'load_pipeline', 'latent_factor',
-           'check_resolution', 'sample_kwargs', 'sample_images', 'train_dti', 'fixed_loss', 'rescale', 'norm_figure',
-           'subject_token', 'train_many']
+__all__ = ['METHODS', 'LR', 'FAMILY_DEFAULTS', 'REFERENCE', 'PREDICTION_TYPES', 'TrainConfig', 'check_config', 'defaults',
+           'defaults_table', 'Slot', 'check_words', 'make_slots', 'LatentCache', 'encode_latents', 'noise_scheduler',
+           'loss_target', 'denoise_loss', 'make_optimizer', 'project_back', 'regulariser', 'Sampler', 'save_checkpoint',
+           'load_checkpoint', 'TrainResult', 'load_pipeline', 'latent_factor', 'check_resolution', 'sample_kwargs',
+           'sample_images', 'fill_defaults', 'train_dti', 'fixed_loss', 'rescale', 'norm_figure', 'subject_token',
+           'train_many']
 
 # %% ../nbs/13_train.ipynb #9c2a1157
 METHODS = ("dti", "ti", "adamw_sphere", "crossinit")
-DEFAULTS = dict(dti=dict(lr=0.04, steps=400), ti=dict(lr=5e-3, steps=400), adamw_sphere=dict(lr=5e-3, steps=400),
-                crossinit=dict(lr=5e-3, steps=400))
 
 @dataclass
 class TrainConfig:
-    "Every setting of a training run (what a checkpoint must agree with to be resumed)."
+    "Every setting of a training run (what a checkpoint must agree with to be resumed); None: the family's default."
     token: str
     init: str
     method: str = "dti"
-    prior: str|None = None
+    prior: str|None = None # the vMF mean word (default: init)
     steps: int|None = None
     lr: float|None = None
-    kappa: float = 1e-4
+    kappa: float|None = None
     beta: float = 0.0
     magnitude: str|float = "mean"
-    batch_size: int = 4
+    batch_size: int|None = None
+    grad_accum: int|None = None # micro-batches per step
     resolution: int|None = None
     seed: int = 42
     weight_decay: float = 1e-2
-    reg_weight: float = 1e-5
-    flip: bool = True
+    reg_weight: float = 1e-5 # CrossInit's lambda
+    flip: bool = False # also train on mirror images (the reference does not)
+    crop: str = "random" # "random" crops of the resized image (the reference's), or "center"
+    crops: int = 4 # random crops cached per image
     templates: tuple = TEMPLATES
     def __post_init__(self):
-        d = DEFAULTS.get(self.method, {})
-        if self.steps is None: self.steps = d.get("steps")
-        if self.lr is None: self.lr = d.get("lr")
         if self.prior is None: self.prior = self.init
         self.templates = tuple(self.templates)
 
 # %% ../nbs/13_train.ipynb #d00040d3
-def _positive_int(name, x):
+def _positive_int(name, x, optional=False):
+    if optional and x is None: return
     if isinstance(x, bool) or not isinstance(x, int) or x < 1: raise ValueError(f"{name} must be an int >= 1; got {x!r}")
 
+def _number(name, x, positive:bool):
+    if x is None: return
+    ok = isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and (x > 0 if positive else x >= 0)
+    if not ok: raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}; got {x!r}")
+
 def check_config(c:TrainConfig) -> None:
-    "Raise a ValueError naming the first bad setting of `c`."
+    "Raise a ValueError naming the first bad setting of `c` (None means: the default, filled in later)."
     if c.method not in METHODS: raise ValueError(f"method must be one of {METHODS}; got {c.method!r}")
-    _positive_int("steps", c.steps); _positive_int("batch_size", c.batch_size)
-    if not (isinstance(c.lr, (int, float)) and c.lr > 0 and math.isfinite(c.lr)): raise ValueError(f"lr must be > 0; got {c.lr!r}")
-    if not (isinstance(c.kappa, (int, float)) and c.kappa >= 0 and math.isfinite(c.kappa)): raise ValueError(f"kappa must be >= 0; got {c.kappa!r}")
+    for name in ("steps", "batch_size", "grad_accum", "resolution"): _positive_int(name, getattr(c, name), optional=True)
+    _number("lr", c.lr, positive=True); _number("kappa", c.kappa, positive=False)
     if not 0 <= c.beta < 1: raise ValueError(f"beta must be in [0, 1); got {c.beta!r}")
     check_magnitude(c.magnitude)
-    if c.resolution is not None: _positive_int("resolution", c.resolution)
+    if c.crop not in CROPS: raise ValueError(f"crop must be one of {CROPS}; got {c.crop!r}")
+    _positive_int("crops", c.crops)
+    if c.crop == "center" and c.crops != 1: raise ValueError(f"crops must be 1 with crop='center'; got {c.crops!r}")
     if not c.templates or any(t.count("{}") != 1 for t in c.templates): raise ValueError("templates must be prompts each with exactly one '{}'")
+
+# %% ../nbs/13_train.ipynb #09baf332
+LR = dict(dti=0.04, ti=0.02, adamw_sphere=0.04, crossinit=0.02)  # the reference's effective rates
+FAMILY_DEFAULTS = dict(  # resolution None: the model's own; SDXL: 768 (at most the model's own)
+    sd=dict(steps=400, batch_size=4, grad_accum=1, resolution=None, kappa=1e-4),
+    sdxl=dict(steps=400, batch_size=4, grad_accum=1, resolution=768, kappa=1e-4),
+    sana=dict(steps=500, batch_size=2, grad_accum=2, resolution=None, kappa=5e-5))
+REFERENCE = dict(  # what the authors' launchers ran: nominal lr x batch x accumulation (--scale_lr)
+    sdxl=dict(lr=dict(dti="0.01 x 4", ti="0.005 x 4", adamw_sphere="0.01 x 4", crossinit="0.005 x 4"),
+              steps=400, batch="4 x 1", resolution="768", kappa="1e-4"),
+    sana=dict(lr=dict(dti="0.01 x 2 x 2", ti="0.005 x 2 x 2", adamw_sphere="-", crossinit="0.005 x 2 x 2"),
+              steps=500, batch="2 x 2", resolution="1024", kappa="5e-5"))
+
+def defaults(fam:str, # "sd", "sdxl" or "sana" (`family(pipe)`)
+             method:str, # one of METHODS
+             native:int, # the model's own resolution in pixels
+            ) -> dict:
+    "Our default lr, steps, batch_size, grad_accum, resolution and kappa for a family and method."
+    d = dict(FAMILY_DEFAULTS[fam], lr=LR[method])
+    d["resolution"] = min(d["resolution"] or native, native)
+    return d
+
+# %% ../nbs/13_train.ipynb #67221a90
+def defaults_table() -> str:
+    "Markdown: our defaults per family and method beside the reference launchers' effective settings."
+    rows = ["| family | method | lr | steps | batch x accumulation | resolution | kappa | reference (effective) |",
+            "|---|---|---|---|---|---|---|---|"]
+    for fam in FAMILY_DEFAULTS:
+        for m in METHODS:
+            d, ref = defaults(fam, m, 1024), REFERENCE.get(fam)
+            res = "model's" if fam != "sdxl" else d["resolution"]
+            kappa = f"{d['kappa']:g}" if m == "dti" else "-"
+            r = f"lr {ref['lr'][m]}, {ref['steps']} steps, {ref['batch']}, {ref['resolution']} px" if ref else "no launcher"
+            rows.append(f"| {fam} | {m} | {d['lr']:g} | {d['steps']} | {d['batch_size']} x {d['grad_accum']} | {res} | {kappa} | {r} |")
+    return "\n".join(rows)
 
 # %% ../nbs/13_train.ipynb #2b6761ca
 @dataclass
@@ -83,6 +125,7 @@ class Slot:
     mu: torch.Tensor # unit prior direction per row
     m_star: float
     spherical: bool
+    start: torch.Tensor # e_init (n, d), float32: the rows the run started from
     def embedding(self) -> torch.Tensor:
         "The rows the encoder reads: m* v, or e."
         return self.m_star * self.param if self.spherical else self.param
@@ -94,21 +137,22 @@ def _fit_rows(rows:torch.Tensor, n:int) -> torch.Tensor:
 
 @torch.no_grad()
 def _contextual(enc:TextEncoder, word:str, pieces:list[int]) -> torch.Tensor:
-    "CrossInit's start: the encoder's output at the word's positions for the prompt `word`."
-    b = tokenize(enc, [word])
-    out = enc.model(b["input_ids"].to(enc.model.device), attention_mask=b["attention_mask"].to(enc.model.device))[0][0]
-    ids = b["input_ids"][0].tolist()
-    at = next(i for i in range(len(ids)) if ids[i:i + len(pieces)] == pieces)
+    "CrossInit's start: the encoder's output token states at the word's pieces, the word alone between special tokens."
+    tok = enc.tokenizer
+    full, a = tok("a").input_ids, tok("a", add_special_tokens=False).input_ids  # where text sits among the special tokens
+    at = next(i for i in range(len(full)) if full[i:i + len(a)] == a)
+    ids = full[:at] + pieces + full[at + len(a):]  # the pieces a prompt uses (Gemma: '▁toy', not 'toy')
+    out = enc.model(torch.tensor([ids], device=enc.model.device)).last_hidden_state[0]  # not [0]: that is pooled on SDXL's 2
     return out[at:at + len(pieces)].float()
 
 # %% ../nbs/13_train.ipynb #cd7f864b
 def check_words(pipe, c:TrainConfig) -> dict[str, tuple[list[int], list[int]]]:
     "Raise on a bad placeholder, init or prior word; the init and prior pieces per encoder."
-    lower = family(pipe) == "sana"
+    rewrites = pipeline_prompt(pipe, c.token) != c.token  # SANA lower-cases prompts: an upper-case token never matches
     out = {}
     for name, enc in text_encoders(pipe).items():
-        check_placeholder(enc, c.token, lowercases=lower)
-        out[name] = word_pieces(enc, c.init.lower() if lower else c.init, "init"), word_pieces(enc, c.prior.lower() if lower else c.prior, "prior")
+        check_placeholder(enc, c.token, lowercases=rewrites)
+        out[name] = word_pieces(enc, pipeline_prompt(pipe, c.init), "init"), word_pieces(enc, pipeline_prompt(pipe, c.prior), "prior")
     return out
 
 # %% ../nbs/13_train.ipynb #913b6784
@@ -121,12 +165,13 @@ def make_slots(pipe, c:TrainConfig, pieces:dict) -> dict[str, Slot]:
         mu = _fit_rows(normalize(table[prior_ids]), n)
         start = _fit_rows(table[init_ids], n)
         if c.method == "crossinit": start = _fit_rows(_contextual(enc, c.init, init_ids), n)
-        if not (torch.isfinite(start).all() and (start.norm(dim=1) > 0).all()): raise ValueError(f"init {c.init!r} gives a zero or non-finite start for {name}")
+        if not (torch.isfinite(start).all() and (start.norm(dim=1) > 0).all()):
+            raise ValueError(f"init {c.init!r} gives a zero or non-finite start for {name}")
         spherical = c.method in ("dti", "adamw_sphere")
         scale = m_star(enc, c.magnitude)
         param = (normalize(start) if spherical else start.clone()).contiguous().requires_grad_(True)
         tokens = placeholder_tokens(c.token, n)
-        slot = Slot(enc, tokens, [], param, mu.to(param.device), scale, spherical)
+        slot = Slot(enc, tokens, [], param, mu.to(param.device), scale, spherical, start.float())
         slot.ids = add_placeholder(enc, tokens, slot.embedding().detach())
         slots[name] = slot
     return slots
@@ -160,11 +205,24 @@ def encode_latents(vae, pixels:PixelBatch, chunk:int=8) -> LatentCache:
     return LatentCache(mean, std, pixels.original_sizes, pixels.crop_top_left)
 
 # %% ../nbs/13_train.ipynb #1e5f1e56
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
 def noise_scheduler(pipe):
     "The DDPM scheduler that adds training noise for SD/SDXL (from the pipeline's scheduler config); None for SANA."
     if family(pipe) == "sana": return None
     from diffusers import DDPMScheduler
-    return DDPMScheduler.from_config(pipe.scheduler.config)
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    if sched.config.prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"the scheduler's prediction_type must be one of {PREDICTION_TYPES}; got {sched.config.prediction_type!r}")
+    return sched
+
+def loss_target(sched, latents:torch.Tensor, noise:torch.Tensor, t:torch.Tensor) -> torch.Tensor:
+    "What the denoiser should predict at timesteps `t` for its scheduler's prediction type."
+    kind = sched.config.prediction_type
+    if kind == "epsilon": return noise
+    if kind == "v_prediction": return sched.get_velocity(latents, noise, t)
+    if kind == "sample": return latents
+    raise ValueError(f"the scheduler's prediction_type must be one of {PREDICTION_TYPES}; got {kind!r}")
 
 def denoise_loss(pipe, cond:dict, latents:torch.Tensor, batch:dict, gen) -> torch.Tensor:
     "The pipeline's training loss for `latents` under the text conditioning `cond`; `batch` has the denoiser's dtype."
@@ -178,12 +236,11 @@ def denoise_loss(pipe, cond:dict, latents:torch.Tensor, batch:dict, gen) -> torc
     sched = batch["noise_scheduler"]
     t = torch.randint(0, sched.config.num_train_timesteps, (len(latents),), generator=gen).to(latents.device)
     x = sched.add_noise(latents, noise, t).to(batch["dtype"])
-    target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(latents, noise, t)
     extra = {}
     if "text_embeds" in cond:
         extra = dict(added_cond_kwargs=dict(text_embeds=cond["text_embeds"], time_ids=batch["time_ids"].to(x)))
     pred = pipe.unet(x, t, encoder_hidden_states=cond["encoder_hidden_states"], **extra).sample
-    return F.mse_loss(pred.float(), target.float())
+    return F.mse_loss(pred.float(), loss_target(sched, latents, noise, t).float())
 
 # %% ../nbs/13_train.ipynb #2b2b7759
 def make_optimizer(slots:dict[str, Slot], c:TrainConfig):
@@ -200,9 +257,9 @@ def project_back(slots:dict[str, Slot]) -> None:
 
 # %% ../nbs/13_train.ipynb #725dc212
 def regulariser(slots:dict[str, Slot], c:TrainConfig) -> torch.Tensor|float:
-    "CrossInit's lambda |e|^2 (zero for the other methods: DTI's prior acts in the optimiser)."
+    "CrossInit's lambda * mean over rows of |e - e_init| per encoder (zero for the other methods)."
     if c.method != "crossinit": return 0.0
-    return c.reg_weight * sum(s.param.square().sum() for s in slots.values())
+    return c.reg_weight * sum(torch.linalg.vector_norm(s.embedding() - s.start, dim=1).mean() for s in slots.values())
 
 # %% ../nbs/13_train.ipynb #c98b3bec
 class Sampler:
@@ -340,22 +397,33 @@ def _metadata(pipe, c:TrainConfig, slots, step:int) -> dict:
     "What the saved files say about their run."
     model = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "") or type(pipe).__name__
     return dict(method=c.method, m_star={k: s.m_star for k, s in slots.items()}, kappa=c.kappa, init=c.init, prior=c.prior,
-                steps=step, lr=c.lr, seed=c.seed, batch_size=c.batch_size, resolution=c.resolution, model=str(model))
+                steps=step, lr=c.lr, seed=c.seed, batch_size=c.batch_size, grad_accum=c.grad_accum, resolution=c.resolution,
+                model=str(model))
 
 # %% ../nbs/13_train.ipynb #17c767e6
+def fill_defaults(c:TrainConfig, pipe) -> TrainConfig:
+    "Fill `c`'s None settings with `defaults` for the pipeline's family and the method; check the resolution."
+    native = check_resolution(pipe, None)
+    for k, v in defaults(family(pipe), c.method, native).items():
+        if getattr(c, k) is None: setattr(c, k, v)
+    c.resolution = check_resolution(pipe, c.resolution)
+    check_config(c)
+    return c
+
 def train_dti(pipe, # a diffusers pipeline, or a model id / folder for `from_pretrained`
               images, # a folder, a list of paths or PIL images
               token:str, # the placeholder, e.g. "<dog>"
               init:str, # the init word: its direction starts v (n pieces give n vectors)
               *,
               method:str="dti", # "dti", "ti", "adamw_sphere" or "crossinit"
-              steps:int|None=None, # optimisation steps (default 400)
-              lr:float|None=None, # dti: tangent of the step angle (default 0.04); others: AdamW lr (default 5e-3)
-              kappa:float=1e-4, # vMF prior strength (dti)
+              steps:int|None=None, # optimisation steps (default: the family's, e.g. 400 on SDXL)
+              lr:float|None=None, # dti: tangent of the step angle; others: AdamW's rate (default: `defaults`)
+              kappa:float|None=None, # vMF prior strength (dti; default 1e-4, SANA 5e-5)
               magnitude="mean", # m*: "mean", "max", "min" of the original vocabulary norms, or a float
               prior:str|None=None, # the vMF mean word (default: init)
-              batch_size:int=4,
-              resolution:int|None=None, # training side in pixels (default: the model's)
+              batch_size:int|None=None, # samples per micro-batch (default 4, SANA 2)
+              grad_accum:int|None=None, # micro-batches per step (default 1, SANA 2)
+              resolution:int|None=None, # training side in pixels (default: the model's; SDXL 768)
               seed:int=42,
               output_dir=None, # where embeddings, log.jsonl, checkpoints and samples go
               beta:float=0.0, # EMA factor of the squared gradient norm (App. C.1); 0: plain normalisation
@@ -366,37 +434,47 @@ def train_dti(pipe, # a diffusers pipeline, or a model id / folder for `from_pre
               mixed_precision:str|None=None, # "bf16" (default on CUDA) or "no"
               device=None, # move the pipeline here first
               progress:bool=True, # tqdm bar
-              **kwargs, # more TrainConfig fields: templates, weight_decay, reg_weight, flip
+              **kwargs, # more TrainConfig fields: templates, weight_decay, reg_weight, flip, crop, crops
              ) -> TrainResult:
     "Learn `token` for the subject in `images` (DTI's Algorithm 1, or a TI baseline); the pipeline keeps the token."
-    c = TrainConfig(token, init, method, prior, steps, lr, kappa, beta, magnitude, batch_size, resolution, seed, **kwargs)
+    c = TrainConfig(token, init, method=method, prior=prior, steps=steps, lr=lr, kappa=kappa, beta=beta, magnitude=magnitude,
+                    batch_size=batch_size, grad_accum=grad_accum, resolution=resolution, seed=seed, **kwargs)
     check_config(c)
     if resume and output_dir is None: raise ValueError("resume=True needs the output_dir of the run to resume")
     if mixed_precision not in (None, "bf16", "no"): raise ValueError(f"mixed_precision must be 'bf16' or 'no'; got {mixed_precision!r}")
+    images = load_images(images)  # a bad folder or file fails before the model loads
     pipe = load_pipeline(pipe, device)
-    c.resolution = check_resolution(pipe, c.resolution)
+    fill_defaults(c, pipe)
+    noise_scheduler(pipe)  # an unsupported prediction type fails before any model work
     pieces = check_words(pipe, c)
-    pixels = pixel_batch(images, c.resolution, flip=c.flip)
+    pixels = pixel_batch(images, c.resolution, flip=c.flip, crop=c.crop, crops=c.crops, seed=c.seed)
     return _train(pipe, c, pieces, pixels, output_dir and Path(output_dir), checkpoint_every, resume,
                   validation_prompts, validation_every, mixed_precision, progress)
 
 # %% ../nbs/13_train.ipynb #2f314773
-def _step(pipe, slots, c:TrainConfig, data:dict, opt, gen, step:int, mp:str) -> tuple[dict|None, float]:
-    "One optimisation step; (log record, loss), or (None, loss) when the loss is not finite."
+def _micro_loss(pipe, slots, c:TrainConfig, data:dict, gen, mp:str) -> torch.Tensor:
+    "The loss of one micro-batch: `batch_size` cached latents, templates, timesteps and noises."
     cache, dev = data["cache"], data["device"]
     idx = data["sampler"].take(c.batch_size)
     tpl = torch.randint(len(c.templates), (c.batch_size,), generator=gen)
     latents = cache.sample(idx, gen).to(dev)
     batch = {k: {kk: vv[tpl] for kk, vv in v.items()} for k, v in data["tokens"].items()}
     extra = dict(noise_scheduler=data["scheduler"], time_ids=_time_ids(cache, idx, c.resolution), dtype=data["dtype"])
-    before = {k: s.embedding().detach().clone() for k, s in slots.items()}
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=mp == "bf16"):
-        loss = denoise_loss(pipe, encode(pipe, batch, dev), latents, extra, gen) + regulariser(slots, c)
-    value = loss.item()
+        return denoise_loss(pipe, encode(pipe, batch, dev), latents, extra, gen) + regulariser(slots, c)
+
+def _step(pipe, slots, c:TrainConfig, data:dict, opt, gen, step:int, mp:str) -> tuple[dict|None, float]:
+    "One optimisation step over `grad_accum` micro-batches; (log record, mean loss), or (None, loss) if it is not finite."
+    before = {k: s.embedding().detach().clone() for k, s in slots.items()}
+    losses = []
+    for _ in range(c.grad_accum):
+        loss = _micro_loss(pipe, slots, c, data, gen, mp)
+        (loss / c.grad_accum).backward()  # the gradient of the mean loss, as diffusers' accumulation computes it
+        losses.append(loss.detach())
+    value = torch.stack(losses).mean().item()
     if not math.isfinite(value):
         opt.zero_grad(set_to_none=True)
         return None, value
-    loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
     if c.method == "adamw_sphere": project_back(slots)
@@ -411,7 +489,7 @@ def _prepare(pipe, c:TrainConfig, pieces, pixels:PixelBatch) -> tuple[dict, dict
     prompts = [t.format(words) for t in c.templates]
     gen = torch.Generator().manual_seed(c.seed)
     sched = noise_scheduler(pipe)
-    data = dict(cache=cache, tokens={k: tokenize(s.enc, prompts) for k, s in slots.items()}, sampler=Sampler(len(cache.mean), gen),
+    data = dict(cache=cache, tokens=prompt_batch(pipe, prompts), sampler=Sampler(len(cache.mean), gen),
                 scheduler=sched, gen=gen, device=pipe.device, dtype=_denoiser(pipe).dtype)  # looked up once: both walk the modules
     return slots, data
 
@@ -481,8 +559,7 @@ def fixed_loss(pipe, # a pipeline that knows `token`
     px = pixel_batch(images, resolution, flip=False)
     cache, gen = encode_latents(pipe.vae, px), torch.Generator().manual_seed(seed)
     sched = noise_scheduler(pipe)
-    batch = {k: tokenize(e, [prompt] * len(px)) for k, e in text_encoders(pipe).items()}
-    cond = encode(pipe, batch)
+    cond = encode(pipe, prompt_batch(pipe, [prompt] * len(px)))
     idx = list(range(len(px)))
     extra = dict(noise_scheduler=sched, time_ids=_time_ids(cache, idx, resolution), dtype=_denoiser(pipe).dtype)
     return sum(denoise_loss(pipe, cond, cache.mean.to(pipe.device), extra, gen).item() for _ in range(repeats)) / repeats
@@ -515,7 +592,7 @@ def subject_token(name:str) -> str:
     "The placeholder of a subject: `<name>`, lower-case, spaces as underscores."
     return "<" + "_".join(name.lower().split()) + ">"
 
-def train_many(dreambooth_json, # {subject: {"path", "class", "initialization"}}
+def train_many(dreambooth_json, # {subject: {"path" or "images", "class", "initialization", "prior", "template"}}
                pipe, # a model id or folder (loaded once per process), or a pipeline
                output_dir, # one sub-folder per subject
                **kwargs, # passed to `train_dti`
@@ -528,6 +605,7 @@ def train_many(dreambooth_json, # {subject: {"path", "class", "initialization"}}
     out = {}
     with state.split_between_processes(subjects) as mine:
         for s in mine:
-            out[s.name] = train_dti(pipe, s.path, subject_token(s.name), s.init, prior=s.class_word,
-                                    output_dir=Path(output_dir) / s.name, **kwargs)
+            kw = kwargs | (dict(templates=s.templates) if s.templates else {})
+            out[s.name] = train_dti(pipe, s.training_images, subject_token(s.name), s.init, prior=s.prior,
+                                    output_dir=Path(output_dir) / s.name, **kw)
     return out

@@ -20,7 +20,7 @@ def test_exif_orientation_is_applied(tmp_path):
     out = load_image(path)
     assert (out.mode, out.size) == ("RGB", (20, 40))
     assert np.asarray(out)[:10, :, 0].min() > 200 and np.asarray(out)[:10, :, 1].max() < 60   # red strip now on top
-    assert pixel_batch(tmp_path, 16).original_sizes.tolist() == [[40, 20], [40, 20]]
+    assert pixel_batch(tmp_path, 16).original_sizes.tolist() == [[40, 20]]
 
 
 def test_folder_skips_hidden_and_non_images_with_one_warning(tmp_path):
@@ -89,10 +89,34 @@ def write_spec(tmp_path, spec):
 def test_dreambooth_json(tmp_path):
     (tmp_path / "dog6").mkdir(); other = tmp_path / "elsewhere" / "cat"; other.mkdir(parents=True)
     path = write_spec(tmp_path, {"dog6": {"path": "dog6", "class": "dog"},
-                                 "cat": {"path": str(other), "class": "cat", "initialization": "kitten"}})
+                                 "cat": {"path": str(other), "class": "cat", "initialization": "kitten"},
+                                 "toy": {"path": "dog6", "class": "toy", "initialization": "teddy", "prior": "bear"}})
     subjects = load_dreambooth(str(path))
-    assert subjects == [Subject("dog6", tmp_path / "dog6", "dog", "dog"), Subject("cat", other, "cat", "kitten")]
-    assert subjects[0].path.is_absolute()
+    assert subjects[:2] == [Subject("dog6", tmp_path / "dog6", "dog", "dog", "dog"), Subject("cat", other, "cat", "kitten", "kitten")]
+    assert (subjects[2].init, subjects[2].prior) == ("teddy", "bear")   # App. D.2: the init word is the prior unless named
+    assert subjects[0].path.is_absolute() and subjects[0].training_images == tmp_path / "dog6"
+
+
+def test_dreambooth_images_templates_and_unused_keys(tmp_path):
+    (tmp_path / "dog6").mkdir(); save(tmp_path / "dog6" / "00.jpg"); save(tmp_path / "dog6" / "01.jpg"); save(tmp_path / "solo.png")
+    path = write_spec(tmp_path, {"a": {"path": "dog6", "images": ["01.jpg"], "class": "dog", "template": "a drawing of {}"},
+                                 "b": {"images": ["solo.png", "dog6/00.jpg"], "class": "dog", "template": ["{} on a sofa", "a {}"],
+                                       "notes": "x", "url": "y"}})
+    with pytest.warns(UserWarning, match="ignoring key\\(s\\) 'notes', 'url'; known keys: path, images"):
+        a, b = load_dreambooth(path)
+    assert a.training_images == [tmp_path / "dog6" / "01.jpg"] and a.templates == ("a drawing of {}",)
+    assert b.path is None and b.training_images == [tmp_path / "solo.png", tmp_path / "dog6" / "00.jpg"]
+    assert b.templates == ("{} on a sofa", "a {}")
+
+
+def test_dreambooth_paths_fall_back_to_the_working_folder(tmp_path, monkeypatch):
+    (tmp_path / "data" / "dreambooth" / "dog6").mkdir(parents=True)   # the reference layout: paths from the repo root
+    path = write_spec(tmp_path / "data", {"dog6": {"path": "data/dreambooth/dog6", "class": "dog"}})
+    monkeypatch.chdir(tmp_path)
+    assert load_dreambooth(path)[0].path == tmp_path / "data" / "dreambooth" / "dog6"
+    monkeypatch.chdir(tmp_path / "data")
+    with pytest.raises(ValueError, match="'path' 'data/dreambooth/dog6' is not a folder \\(looked in"):
+        load_dreambooth(path)
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -100,11 +124,15 @@ def test_dreambooth_json(tmp_path):
     ({}, "must map at least one subject"),
     ([{"path": "dog6", "class": "dog"}], "must map at least one subject"),
     ({"dog6": "dog6"}, "subject 'dog6': expected a mapping with 'path' and 'class'; got str"),
-    ({"dog6": {"class": "dog"}}, "subject 'dog6': missing key 'path'"),
+    ({"dog6": {"class": "dog"}}, "subject 'dog6': missing key 'path' \\(or 'images'\\)"),
     ({"dog6": {"path": "dog6"}}, "subject 'dog6': missing key 'class'"),
     ({"dog6": {"path": "dog6", "class": ""}}, "subject 'dog6': 'class' must be a non-empty string"),
     ({"dog6": {"path": "dog6", "class": "dog", "initialization": 3}}, "subject 'dog6': 'initialization' must be a non-empty string"),
-    ({"dog6": {"path": "nowhere", "class": "dog"}}, "subject 'dog6': 'path' .*nowhere' is not a folder"),
+    ({"dog6": {"path": "dog6", "class": "dog", "prior": ""}}, "subject 'dog6': 'prior' must be a non-empty string"),
+    ({"dog6": {"path": "nowhere", "class": "dog"}}, "subject 'dog6': 'path' 'nowhere' is not a folder"),
+    ({"dog6": {"images": [], "class": "dog"}}, "subject 'dog6': 'images' must be a non-empty list"),
+    ({"dog6": {"images": ["gone.png"], "class": "dog"}}, "subject 'dog6': 'images' 'gone.png' is not a file"),
+    ({"dog6": {"path": "dog6", "class": "dog", "template": "no slot"}}, "subject 'dog6': 'template' must be a prompt with one"),
 ])
 def test_dreambooth_errors(tmp_path, spec, message):
     (tmp_path / "dog6").mkdir()
