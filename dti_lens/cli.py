@@ -159,19 +159,28 @@ def _training_flags(p):
     p.add_argument("--model", required=True, help="model id, pipeline folder, or tiny:sd15|sd21|sdxl|sana")
     p.add_argument("--output-dir", required=True, help="where embeddings, log.jsonl, checkpoints and samples go")
     p.add_argument("--method", default="dti", choices=METHODS)
-    p.add_argument("--steps", type=int); p.add_argument("--lr", type=float)
-    p.add_argument("--kappa", type=float, default=1e-4); p.add_argument("--beta", type=float, default=0.0)
-    p.add_argument("--magnitude", type=_magnitude, default="mean", help="mean, max, min or a float")
-    p.add_argument("--batch-size", type=int, default=4); p.add_argument("--resolution", type=int)
+    fam = "default: the model family's and method's (README, 'Training')"
+    p.add_argument("--steps", type=int, help=f"optimisation steps ({fam})")
+    p.add_argument("--lr", type=float, help=f"rate; for dti the tangent of each step's angle ({fam})")
+    p.add_argument("--kappa", type=float, help=f"vMF prior strength ({fam})")
+    p.add_argument("--beta", type=float, default=0.0, help="EMA factor of the squared gradient norm (default 0)")
+    p.add_argument("--magnitude", type=_magnitude, default="mean", help="m*: mean, max, min or a float (default mean)")
+    p.add_argument("--batch-size", type=int, help=f"samples per micro-batch ({fam})")
+    p.add_argument("--grad-accum", type=int, help=f"micro-batches per step ({fam})")
+    p.add_argument("--resolution", type=int, help=f"training side in pixels ({fam})")
+    p.add_argument("--crop", choices=("random", "center"), default="random", help="crop of the resized image (default random)")
+    p.add_argument("--crops", type=int, default=4, help="random crops cached per image (default 4; 1 with --crop center)")
+    p.add_argument("--flip", action="store_true", help="also train on mirror images (default: no, as the reference)")
     p.add_argument("--seed", type=int, default=42); p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--resume", action="store_true", help="continue from the output dir's checkpoint")
     p.add_argument("--validation-prompt", action="append", help="a prompt with {} for the token (repeatable)")
     p.add_argument("--mixed-precision", choices=("bf16", "no")); p.add_argument("--device")
 
 def _train_kwargs(a) -> dict:
-    return dict(method=a.method, steps=a.steps, lr=a.lr, kappa=a.kappa, beta=a.beta, magnitude=a.magnitude, batch_size=a.batch_size,
-                resolution=a.resolution, seed=a.seed, checkpoint_every=a.checkpoint_every, resume=a.resume,
-                validation_prompts=a.validation_prompt, mixed_precision=a.mixed_precision, device=a.device, progress=sys.stderr.isatty())
+    "The `train_dti` arguments of the parsed training flags."
+    keys = ("method", "steps", "lr", "kappa", "beta", "magnitude", "batch_size", "grad_accum", "resolution", "crop", "crops",
+            "flip", "seed", "checkpoint_every", "resume", "mixed_precision", "device")
+    return {k: getattr(a, k) for k in keys} | dict(validation_prompts=a.validation_prompt, progress=sys.stderr.isatty())
 
 # %% ../nbs/90_cli.ipynb #cc453551
 def parser() -> argparse.ArgumentParser:

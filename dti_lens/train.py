@@ -101,17 +101,24 @@ def defaults(fam:str, # "sd", "sdxl" or "sana" (`family(pipe)`)
     return d
 
 # %% ../nbs/13_train.ipynb #67221a90
+def _reference(fam:str, method:str) -> str:
+    "The launcher's effective settings for a family and method, as a table cell."
+    ref = REFERENCE.get(fam)
+    if ref is None or ref["lr"][method] == "-": return "no launcher"
+    lr = ref["lr"][method]
+    return f"lr {lr} = {math.prod(float(x) for x in lr.split(' x ')):g}, {ref['steps']} steps, {ref['batch']}, {ref['resolution']} px"
+
 def defaults_table() -> str:
     "Markdown: our defaults per family and method beside the reference launchers' effective settings."
-    rows = ["| family | method | lr | steps | batch x accumulation | resolution | kappa | reference (effective) |",
+    rows = ["| family | method | lr | steps | batch x accumulation | resolution | kappa | reference launcher (effective) |",
             "|---|---|---|---|---|---|---|---|"]
     for fam in FAMILY_DEFAULTS:
         for m in METHODS:
-            d, ref = defaults(fam, m, 1024), REFERENCE.get(fam)
-            res = "model's" if fam != "sdxl" else d["resolution"]
-            kappa = f"{d['kappa']:g}" if m == "dti" else "-"
-            r = f"lr {ref['lr'][m]}, {ref['steps']} steps, {ref['batch']}, {ref['resolution']} px" if ref else "no launcher"
-            rows.append(f"| {fam} | {m} | {d['lr']:g} | {d['steps']} | {d['batch_size']} x {d['grad_accum']} | {res} | {kappa} | {r} |")
+            d = defaults(fam, m, 1024)
+            res = d["resolution"] if fam == "sdxl" else "model's"
+            kappa = f"{d['kappa']:.0e}".replace("e-0", "e-") if m == "dti" else "-"
+            rows.append(f"| {fam} | {m} | {d['lr']:g} | {d['steps']} | {d['batch_size']} x {d['grad_accum']} | {res} | {kappa} "
+                        f"| {_reference(fam, m)} |")
     return "\n".join(rows)
 
 # %% ../nbs/13_train.ipynb #2b6761ca

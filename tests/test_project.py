@@ -29,3 +29,8 @@ def test_top_level_api_and_version():
         assert callable(getattr(dti_lens, name)), name
     meta = subprocess.run([sys.executable, "-m", "pip", "show", "dti_lens"], capture_output=True, text=True).stdout
     assert f"Version: {dti_lens.__version__}" in meta
+
+
+def test_readme_defaults_table_is_the_trainers():
+    from dti_lens.train import defaults_table
+    assert defaults_table() in (ROOT / "README.md").read_text(), "README's defaults table differs from train.defaults_table()"
