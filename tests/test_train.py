@@ -71,3 +71,25 @@ def test_trains_from_a_folder_and_a_model_folder(tmp_path):
     with pytest.warns(UserWarning, match=".DS_Store"):
         r = train_dti(str(model), tmp_path, "<disc>", "toy", steps=2, batch_size=2, progress=False)
     assert r.embeddings["text_encoder"].shape == (1, 32)
+
+
+def test_train_many_follows_the_json(tmp_path):
+    "App. D.2: the init word is the prior unless 'prior' names one; per-subject 'images' and 'template' are used."
+    from safetensors import safe_open
+    from dti_lens.train import train_many
+    for i, im in enumerate(SUBJECT): im.save(tmp_path / f"{i}.png")
+    spec = {"a": {"path": ".", "class": "dog", "initialization": "toy"},
+            "b": {"images": ["0.png", "1.png"], "class": "dog", "prior": "cat", "template": "a drawing of {}"}}
+    (tmp_path / "dreambooth.json").write_text(json.dumps(spec))
+    out = train_many(tmp_path / "dreambooth.json", tiny_pipeline("sd15"), tmp_path / "out", steps=1, batch_size=1, progress=False)
+    assert sorted(out) == ["a", "b"]
+    meta = {k: safe_open(str(tmp_path / "out" / k / "learned_embeds.safetensors"), "pt").metadata() for k in out}
+    assert (meta["a"]["init"], meta["a"]["prior"]) == ("toy", "toy")
+    assert (meta["b"]["init"], meta["b"]["prior"]) == ("dog", "cat")
+    config = {k: torch.load(tmp_path / "out" / k / "checkpoint.pt", weights_only=True)["config"] for k in out}
+    assert config["b"]["templates"] == ["a drawing of {}"] and len(config["a"]["templates"]) == 27
+    cos = lambda k, w: float(torch.nn.functional.cosine_similarity(out[k].mu["text_encoder"][0], w, dim=0))
+    enc = tiny_pipeline("sd15").text_encoder.get_input_embeddings().weight
+    from dti_lens.encoders import word_pieces, text_encoders
+    row = lambda w: enc[word_pieces(text_encoders(tiny_pipeline("sd15"))["text_encoder"], w)[0]].detach()
+    assert cos("a", row("toy")) > 0.999 and cos("b", row("cat")) > 0.999   # mu is the prior word's direction
