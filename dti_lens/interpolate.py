@@ -15,15 +15,15 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .sphere import slerp
-from .encoders import (text_encoders, family, placeholder_tokens, expand_placeholder, add_placeholder, tokenize, encode,
+from .encoders import (text_encoders, placeholder_tokens, expand_placeholder, add_placeholder, prompt_batch, encode,
                                ENCODER_NAMES)
-from .train import train_dti, load_pipeline, check_resolution
+from .train import train_dti, load_pipeline, check_resolution, sample_kwargs
 
 # %% auto #0
-__all__ = ['PAPER_TS', 'INTERPOLATIONS', 'CONTEXTS', 'COLLAPSE_METRICS', 'interpolate_embeddings', 'scratch_tokens',
-           'interpolation_conditioning', 'interpolate', 'interpolation_figure_rows', 'prompt_set_embeddings',
-           'mean_euclidean', 'hausdorff', 'hausdorff_within', 'mahalanobis', 'kl_cosine', 'collapse_metrics',
-           'collapse_curve', 'collapse_figure', 'tea_sweep', 'tea_sweep_figure']
+__all__ = ['PAPER_TS', 'INTERPOLATIONS', 'CONTEXTS', 'PROMPT_FORMS', 'COLLAPSE_METRICS', 'interpolate_embeddings',
+           'scratch_tokens', 'interpolation_conditioning', 'interpolate', 'interpolation_figure_rows',
+           'prompt_set_embeddings', 'mean_euclidean', 'hausdorff', 'hausdorff_within', 'mahalanobis', 'kl_cosine',
+           'collapse_metrics', 'collapse_curve', 'collapse_figure', 'tea_sweep', 'tea_sweep_figure']
 
 # %% ../nbs/15_interpolate.ipynb #92f9cd91
 PAPER_TS = (0, .35, .40, .45, .50, .55, .60, .65, 1)
@@ -78,12 +78,11 @@ def interpolation_conditioning(pipe, emb_a, emb_b, ts=PAPER_TS, method:str="sler
     if "{}" not in prompt: raise ValueError(f"prompt must contain '{{}}' where the token goes; got {prompt!r}")
     paths = {k: interpolate_embeddings(a[k], b[k], ts, method) for k in a}
     text = expand_placeholder(prompt.format(token), token, n)
-    if family(pipe) == "sana": text = text.lower()
     outs = []
     with scratch_tokens(pipe):
         encs = text_encoders(pipe)
         ids = {k: add_placeholder(e, placeholder_tokens(token, n), paths[k][0]) for k, e in encs.items()}
-        batch = {k: tokenize(e, [text]) for k, e in encs.items()}
+        batch = prompt_batch(pipe, [text])  # as the pipeline preprocesses it (SANA: lower-cased)
         for i in range(len(ts)):
             for k, e in encs.items(): e.table[ids[k]] = paths[k][i].to(e.table)
             outs.append(encode(pipe, batch))
@@ -106,7 +105,7 @@ def interpolate(pipe, # a diffusers pipeline (SD 1.x/2.x, SDXL, SANA)
     "One row of images along the interpolation path, with identical starting noise so only the embedding changes."
     cond = interpolation_conditioning(pipe, emb_a, emb_b, ts, method, prompt, token)
     resolution = check_resolution(pipe, resolution)
-    kw = dict(use_resolution_binning=False) if family(pipe) == "sana" else {}
+    kw = sample_kwargs(pipe)  # SANA: no resolution binning, no complex human instruction
     if guidance_scale is not None: kw["guidance_scale"] = guidance_scale
     dev = pipe.device
     gens = [torch.Generator().manual_seed(seed) for _ in ts]
@@ -195,25 +194,33 @@ def _n_vectors(pipe, token:str) -> int:
     n = 1
     while f"{token}_{n}" in vocab: n += 1
     return n
+def _last_real(mask:torch.Tensor) -> torch.Tensor:
+    "For each row of an attention mask (N, L): the index of its last position whose mask is 1."
+    return mask.long().cumsum(1).argmax(1)
+
+# %% ../nbs/15_interpolate.ipynb #14e7b2e7
+PROMPT_FORMS = ("eos", "flat", "mean")
 @torch.no_grad()
 def prompt_set_embeddings(pipe, # a pipeline that knows the token
                           token_or_word:str, # a learned placeholder or a plain word (the anchor c)
                           contexts=CONTEXTS, # templates with one '{}'
-                          pooled:bool=False, # mean over the real tokens instead of flattening
+                          form:str="eos", # "eos": state at the last real token; "flat": (L*d); "mean": over real tokens
                           batch_size:int=64,
-                         ) -> torch.Tensor: # (N, L*d), or (N, d) when pooled; float32 on the CPU
+                         ) -> torch.Tensor: # (N, d), or (N, L*d) for "flat"; float32 on the CPU
     "The denoiser's text conditioning of every context with `token_or_word` in the slot, one row per prompt."
+    if not isinstance(form, str) or form not in PROMPT_FORMS:
+        raise ValueError(f"form must be one of {PROMPT_FORMS}; got {form!r}")
     if not contexts or any(c.count("{}") != 1 for c in contexts): raise ValueError("contexts must be templates each with exactly one '{}'")
     word = expand_placeholder(token_or_word, token_or_word, _n_vectors(pipe, token_or_word))
-    prompts = [c.format(word) for c in contexts]
-    if family(pipe) == "sana": prompts = [p.lower() for p in prompts]
-    encs, rows = text_encoders(pipe), []
+    prompts, rows = [c.format(word) for c in contexts], []
     for i in range(0, len(prompts), batch_size):
-        batch = {k: tokenize(e, prompts[i:i + batch_size]) for k, e in encs.items()}
+        batch = prompt_batch(pipe, prompts[i:i + batch_size])
+        mask = next(iter(batch.values()))["attention_mask"]
+        if any(not torch.equal(b["attention_mask"], mask) for b in batch.values()):
+            raise ValueError(f"the text encoders {sorted(batch)} tokenize these prompts to different lengths")
         h = encode(pipe, batch)["encoder_hidden_states"].float().cpu()
-        if pooled:
-            mask = next(iter(batch.values()))["attention_mask"].float()[..., None]
-            rows.append((h * mask).sum(1) / mask.sum(1))
+        if form == "eos": rows.append(h[torch.arange(len(h)), _last_real(mask)])
+        elif form == "mean": rows.append((h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
         else: rows.append(h.flatten(1))
     return torch.cat(rows)
 
@@ -275,7 +282,7 @@ def collapse_metrics(X, # P_{V*}: the prompt set with the learned token
                      Y, # P_c: the same contexts with the anchor word
                     ) -> dict[str, float]:
     "TEA's semantic-collapse distances between P_{V*} (X) and P_c (Y), and within each."
-    return dict(mean_euclidean=mean_euclidean(X, Y, paired=True), hausdorff=hausdorff(X, Y), mahalanobis=mahalanobis(Y, X),
+    return dict(mean_euclidean=mean_euclidean(X, Y), hausdorff=hausdorff(X, Y), mahalanobis=mahalanobis(Y, X),
                 kl_cosine=kl_cosine(X, Y), hausdorff_within=hausdorff_within(X), hausdorff_within_anchor=hausdorff_within(Y))
 
 # %% ../nbs/15_interpolate.ipynb #2088eddc

@@ -16,8 +16,8 @@ from .encoders import TextEncoder, text_encoders, family, word_pieces, placehold
 from .probe import position_probe
 
 # %% auto #0
-__all__ = ['ALPHA_GRID', 'tea_adjust', 'tea_adjust_mixing', 'anchor_vector', 'token_ids', 'TokenEdit', 'adjust_tokens',
-           'align_spans', 'prompt_spans', 'prompt_embeds_tea', 'AutoTea', 'auto_tea']
+__all__ = ['TEA_POSITIONS', 'ALPHA_GRID', 'tea_adjust', 'tea_adjust_mixing', 'anchor_vector', 'token_ids', 'TokenEdit',
+           'adjust_tokens', 'align_spans', 'prompt_spans', 'counterparts', 'prompt_embeds_tea', 'AutoTea', 'auto_tea']
 
 # %% ../nbs/14_tea.ipynb #df82c92e
 def _check_alpha(alpha) -> float:
@@ -187,6 +187,23 @@ def prompt_spans(pipe, enc:TextEncoder, prompt:str, token:str, anchor_word:str) 
         if aids[a:a + k] != apieces: raise ValueError(f"anchor_word {anchor_word!r} is not where {token!r} was in the anchor prompt (truncated?)")
     return spans
 
+# %% ../nbs/14_tea.ipynb #0b44d5ba
+TEA_POSITIONS = ("all", "placeholder")
+
+def counterparts(L:int, # length of both encoder outputs
+                 spans, # (placeholder start, n, anchor start, k) of each span, from `prompt_spans`
+                ) -> list[list[int]]: # for each position of tau(p, V*), the positions of tau(p, c) it pairs with
+    "Counterparts: the same index before a span, the aligned group inside one, shifted by k - n per span after."
+    out = []
+    for i in range(L):
+        span = next(((s, n, a, k) for s, n, a, k in spans if s <= i < s + n), None)
+        if span:
+            s, n, a, k = span
+            out.append([a + j for j in align_spans(n, k)[i - s]])
+        else:  # outside the spans: shifted by the spans before it, clamped to the last position
+            out.append([min(i + sum(k - n for s, n, _, k in spans if s + n <= i), L - 1)])
+    return out
+
 # %% ../nbs/14_tea.ipynb #defb6a6d
 def _tea_rows(x:torch.Tensor, c:torch.Tensor, alpha:float, beta:float) -> torch.Tensor:
     "tea_adjust per row of x (..., d) toward c (same shape); rows where either is zero are kept."
@@ -195,20 +212,22 @@ def _tea_rows(x:torch.Tensor, c:torch.Tensor, alpha:float, beta:float) -> torch.
     if ok.any(): out[ok] = tea_adjust(x[ok].double(), c[ok].double(), alpha, beta).to(x.dtype)
     return out
 
-def _anchor_rows(c:torch.Tensor, a:int, groups:list) -> torch.Tensor:
-    "One anchor row per placeholder position: the merged rows of `c` (L, d) at `a` + each group (zero if any is zero)."
-    out = []
-    for gr in groups:
-        rows = c[[a + j for j in gr]].double()
-        out.append(_mean_row(rows) if (rows.norm(dim=-1) > 0).all() else rows.new_zeros(rows.shape[-1]))
-    return torch.stack(out)
+def _merged(rows:torch.Tensor) -> torch.Tensor:
+    "Anchor rows (k, d) as one: their mean direction at their mean norm, or zero if any of them is zero."
+    return _mean_row(rows) if (rows.norm(dim=-1) > 0).all() else rows.new_zeros(rows.shape[-1])
 
-def _adjust_slice(v:torch.Tensor, c:torch.Tensor, spans, alpha:float, beta:float) -> torch.Tensor:
-    "v (b, L, d) with each placeholder span adjusted toward its aligned anchor rows of c (b, L, d)."
-    out = v.clone()
-    for s, n, a, k in spans:
-        anchors = torch.stack([_anchor_rows(cb, a, align_spans(n, k)) for cb in c])
-        out[:, s:s + n] = _tea_rows(v[:, s:s + n].double(), anchors, alpha, beta).to(v.dtype)
+def _aligned(c:torch.Tensor, cols:list) -> torch.Tensor:
+    "c (b, L, d) in float64, position i holding its counterparts `cols[i]` (merged if several)."
+    c = c.double()
+    rows = [c[:, js[0]] if len(js) == 1 else torch.stack([_merged(cb[js]) for cb in c]) for js in cols]
+    return torch.stack(rows, dim=1)
+
+def _adjust_slice(v:torch.Tensor, c:torch.Tensor, spans, alpha:float, beta:float, positions="all") -> torch.Tensor:
+    "v (b, L, d) pulled toward its counterparts in c (b, L, d): every position, or the placeholder spans only."
+    target, out = _aligned(c, counterparts(v.shape[1], spans)), v.clone()
+    if positions == "all": return _tea_rows(v.double(), target, alpha, beta).to(v.dtype)
+    for s, n, _, _ in spans:
+        out[:, s:s + n] = _tea_rows(v[:, s:s + n].double(), target[:, s:s + n], alpha, beta).to(v.dtype)
     return out
 
 # %% ../nbs/14_tea.ipynb #10cefc83
@@ -228,16 +247,20 @@ def prompt_embeds_tea(pipe, # an SD 1.x/2.x or SDXL pipeline whose tokenizers kn
                       alpha:float, # slerp factor in [0, 1]
                       beta:float=1.0, # target norm as a multiple of the anchor output's
                       pooled:bool=False, # SDXL: also adjust the pooled embedding toward the anchor prompt's
+                      positions:str="all", # "all": every position (the paper); "placeholder": its spans only
                      ) -> dict: # prompt_embeds (and pooled_prompt_embeds for SDXL) for `pipe(**kwargs)`
-    "Prompt-level TEA: encoder outputs of `prompt` with the placeholder span pulled toward those of `anchor_word`."
+    "Prompt-level TEA: each position of `prompt`'s encoder outputs pulled toward its counterpart with `anchor_word`."
     alpha, beta = _check_alpha(alpha), _check_positive(beta, "beta")
+    if not isinstance(positions, str) or positions not in TEA_POSITIONS:
+        raise ValueError(f"positions must be one of {TEA_POSITIONS}; got {positions!r}")
     encs, device = text_encoders(pipe), pipe.device
     spans = {k: prompt_spans(pipe, e, prompt, token, anchor_word) for k, e in encs.items()}
     (v, vp), (c, cp) = _encode(pipe, prompt, device), _encode(pipe, prompt.replace(token, anchor_word), device)
     parts, lo = [], 0
     for k, e in encs.items():  # the feature axis concatenates the encoders in order
         d = e.model.config.hidden_size
-        parts.append(_adjust_slice(v[..., lo:lo + d], c[..., lo:lo + d], spans[k], alpha, beta)); lo += d
+        parts.append(_adjust_slice(v[..., lo:lo + d], c[..., lo:lo + d], spans[k], alpha, beta, positions))
+        lo += d
     if lo != v.shape[-1]: raise ValueError(f"prompt_embeds have width {v.shape[-1]}, but the encoders' widths add up to {lo}")
     out = dict(prompt_embeds=torch.cat(parts, dim=-1))
     if vp is not None: out["pooled_prompt_embeds"] = _tea_rows(vp, cp, alpha, beta) if pooled else vp
