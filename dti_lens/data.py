@@ -14,9 +14,9 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 
 # %% auto #0
-__all__ = ['IMAGE_EXTENSIONS', 'DREAMBOOTH_KEYS', 'TEMPLATES', 'CROPS', 'image_files', 'load_image', 'load_images', 'Subject',
-           'load_dreambooth', 'center_crop_box', 'random_crop_boxes', 'to_pixels', 'PixelBatch', 'pixel_batch',
-           'synthetic_subject']
+__all__ = ['IMAGE_EXTENSIONS', 'DREAMBOOTH_KEYS', 'TEMPLATES', 'CROPS', 'image_files', 'load_image', 'load_images',
+           'training_set', 'changed_images', 'Subject', 'load_dreambooth', 'center_crop_box', 'random_crop_boxes',
+           'to_pixels', 'PixelBatch', 'pixel_batch', 'synthetic_subject']
 
 # %% ../nbs/11_data.ipynb #635c369a
 IMAGE_EXTENSIONS = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
@@ -73,6 +73,34 @@ def load_images(images:str|Path|list|tuple|Image.Image, # a folder, a list of pa
         raise TypeError(f"images must be a folder, a list of paths and/or PIL images, or a PIL image; got {type(images).__name__}")
     if not images: raise ValueError("images is an empty list; give at least one image")
     return [_load_one(x, i) for i, x in enumerate(images)]
+
+# %% ../nbs/11_data.ipynb #965dd842
+def _digest(x, i:int) -> tuple[str, str]:
+    "(name, SHA-256) of a path's bytes, or of the i-th image's mode, size and pixels when it is a PIL image."
+    import hashlib
+    if isinstance(x, Image.Image):
+        h = hashlib.sha256(f"{x.mode} {x.size}".encode()); h.update(x.tobytes())
+        return f"<PIL image {i}>", h.hexdigest()
+    path = Path(x)
+    try: return path.name, hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as e: raise ValueError(f"images: cannot read image file {str(path)!r}: {e}") from e
+
+def training_set(images, # anything `load_images` takes
+                ) -> list[tuple[str, str]]:
+    "(name, SHA-256) of every training image, in `load_images` order."
+    if isinstance(images, (str, Path)): images = image_files(images)
+    elif isinstance(images, Image.Image): images = [images]
+    return [_digest(x, i) for i, x in enumerate(images)]
+
+def changed_images(before:list, # `training_set` when the run started
+                   now:list, # `training_set` today
+                  ) -> str:
+    "'' when the two sets are the same, else what was added, removed or changed, by name."
+    old, new = dict(map(tuple, before)), dict(map(tuple, now))
+    changed = {k for k in old.keys() & new.keys() if old[k] != new[k]}
+    parts = [("added", new.keys() - old.keys()), ("removed", old.keys() - new.keys()), ("changed", changed)]
+    text = "; ".join(f"{label}: {', '.join(sorted(names))}" for label, names in parts if names)
+    return text or ("reordered" if [tuple(r) for r in before] != [tuple(r) for r in now] else "")
 
 # %% ../nbs/11_data.ipynb #7162bac9
 @dataclass

@@ -17,16 +17,16 @@ from .encoders import (TextEncoder, text_encoders, family, m_star, check_magnitu
                                expand_placeholder, check_placeholder, add_placeholder, learned_rows, tokenize, encode,
                                prompt_batch, pipeline_prompt)
 from .optim import DirectionalSGD
-from .data import TEMPLATES, CROPS, PixelBatch, pixel_batch, load_images
+from .data import TEMPLATES, CROPS, PixelBatch, pixel_batch, load_images, training_set, changed_images
 from .embeddings import save_embeddings, write_atomic, write_text_atomic
 
 # %% auto #0
-__all__ = ['METHODS', 'LR', 'FAMILY_DEFAULTS', 'REFERENCE', 'PREDICTION_TYPES', 'TrainConfig', 'check_config', 'defaults',
-           'defaults_table', 'Slot', 'check_words', 'make_slots', 'LatentCache', 'encode_latents', 'noise_scheduler',
-           'loss_target', 'denoise_loss', 'make_optimizer', 'project_back', 'regulariser', 'Sampler', 'save_checkpoint',
-           'load_checkpoint', 'TrainResult', 'load_pipeline', 'latent_factor', 'check_resolution', 'sample_kwargs',
-           'sample_images', 'fill_defaults', 'train_dti', 'fixed_loss', 'rescale', 'norm_figure', 'subject_token',
-           'train_many']
+__all__ = ['METHODS', 'LR', 'FAMILY_DEFAULTS', 'REFERENCE', 'PREDICTION_TYPES', 'RUN_FILES', 'TrainConfig', 'check_config',
+           'defaults', 'defaults_table', 'Slot', 'check_words', 'make_slots', 'LatentCache', 'encode_latents',
+           'noise_scheduler', 'loss_target', 'denoise_loss', 'make_optimizer', 'project_back', 'regulariser', 'Sampler',
+           'save_checkpoint', 'load_checkpoint', 'TrainResult', 'load_pipeline', 'latent_factor', 'check_resolution',
+           'sample_kwargs', 'sample_images', 'check_run_folder', 'check_device', 'check_validation_prompts',
+           'fill_defaults', 'train_dti', 'fixed_loss', 'rescale', 'norm_figure', 'subject_token', 'train_many']
 
 # %% ../nbs/13_train.ipynb #9c2a1157
 METHODS = ("dti", "ti", "adamw_sphere", "crossinit")
@@ -290,19 +290,23 @@ def _resumable(c:TrainConfig) -> dict:
     d["templates"] = list(d["templates"])
     return d
 
-def save_checkpoint(path:Path, step:int, slots, opt, gen, sampler, c:TrainConfig, nan_steps:int) -> None:
-    "Write everything needed to resume at `step`, atomically."
+def save_checkpoint(path:Path, step:int, slots, opt, gen, sampler, c:TrainConfig, nan_steps:int, images:list) -> None:
+    "Write everything needed to resume at `step`, atomically; `images` is the run's `training_set`."
     state = dict(step=step, config=_resumable(c), params={k: s.param.detach().cpu() for k, s in slots.items()},
-                 optimizer=opt.state_dict(), generator=gen.get_state(), order=list(sampler.order), nan_steps=nan_steps)
+                 optimizer=opt.state_dict(), generator=gen.get_state(), order=list(sampler.order), nan_steps=nan_steps,
+                 images=[list(r) for r in images])
     write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 # %% ../nbs/13_train.ipynb #2eec985d
-def load_checkpoint(path:Path, slots, opt, gen, sampler, c:TrainConfig) -> tuple[int, int]:
-    "Restore a checkpoint written by `save_checkpoint`; returns (step, nan_steps)."
+def load_checkpoint(path:Path, slots, opt, gen, sampler, c:TrainConfig, images:list) -> tuple[int, int]:
+    "Restore a checkpoint written by `save_checkpoint`; returns (step, nan_steps). Other settings or images: ValueError."
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state["config"] != _resumable(c):
         diff = sorted(k for k in state["config"] if state["config"][k] != _resumable(c).get(k))
         raise ValueError(f"resume: the checkpoint in {path} was made with other settings ({', '.join(diff)}); use a new output_dir")
+    if "images" in state and (diff := changed_images(state["images"], images)):
+        raise ValueError(f"resume: the training images changed since the checkpoint in {path} ({diff}); "
+                         "train on them in a new output_dir, or restore the images")
     with torch.no_grad():
         for k, s in slots.items(): s.param.copy_(state["params"][k])
     opt.load_state_dict(state["optimizer"])
@@ -348,16 +352,31 @@ class TrainResult:
         return torch.tensor([r[name]["norm"] for r in self.log], dtype=torch.float64)
 
 # %% ../nbs/13_train.ipynb #d9d16a3c
-def load_pipeline(pipe, # a pipeline, or a model id / folder
+def _from_pretrained(name:str, dtype):
+    "`DiffusionPipeline.from_pretrained(name)`, or a ValueError saying what to pass when it cannot be found."
+    from diffusers import DiffusionPipeline
+    local = Path(name).expanduser()
+    looks_local = local.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1
+    if looks_local and not local.is_dir(): raise ValueError(f"model {name!r} is not a folder; pass a pipeline folder, a model id or 'tiny:<kind>'")
+    try: return DiffusionPipeline.from_pretrained(str(local) if looks_local else name, dtype=dtype)
+    except (OSError, EnvironmentError) as e:
+        if looks_local: raise ValueError(f"model folder {name!r} is not a diffusers pipeline ({e})") from None
+        raise ValueError(f"model {name!r} cannot be loaded: it is not downloaded and cannot be fetched (offline?); "
+                         "pass a local pipeline folder, or 'tiny:<kind>' for a tiny test pipeline") from None
+
+def load_pipeline(pipe, # a pipeline, a model id / folder, or "tiny:<kind>" (sd15, sd21, sdxl, sana)
                   device=None, # move it here; a loaded one goes to CUDA when there is one
                   dtype=None, # weights' dtype when loading (default: bf16 on CUDA, else float32)
                  ):
     "A pipeline object as given, or one loaded with `DiffusionPipeline.from_pretrained(pipe)`; frozen, in eval mode."
-    if isinstance(pipe, (str, Path)):
-        from diffusers import DiffusionPipeline
+    check_device(device)
+    if isinstance(pipe, str) and pipe.startswith("tiny:"):
+        from dti_lens.zoo import tiny_pipeline
+        pipe = tiny_pipeline(pipe.removeprefix("tiny:"))
+    elif isinstance(pipe, (str, Path)):
         cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
         device = device or ("cuda" if cuda else None)
-        pipe = DiffusionPipeline.from_pretrained(str(pipe), dtype=dtype or (torch.bfloat16 if cuda else torch.float32))
+        pipe = _from_pretrained(str(pipe), dtype or (torch.bfloat16 if cuda else torch.float32))
     family(pipe)
     if device is not None: pipe.to(device)
     for m in pipe.components.values():
@@ -407,6 +426,47 @@ def _metadata(pipe, c:TrainConfig, slots, step:int) -> dict:
                 steps=step, lr=c.lr, seed=c.seed, batch_size=c.batch_size, grad_accum=c.grad_accum, resolution=c.resolution,
                 model=str(model))
 
+# %% ../nbs/13_train.ipynb #ca3c78ae
+RUN_FILES = ("checkpoint.pt", "log.jsonl", "learned_embeds.safetensors", "learned_embeds_2.safetensors")
+
+def check_run_folder(out, # the run's output_dir, or None
+                     resume:bool, overwrite:bool,
+                    ) -> int: # the step of the checkpoint a resume continues from (0 if none)
+    "Refuse to train into a folder that holds a run unless resuming or overwriting it; read the checkpoint's step."
+    if resume and overwrite: raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
+    if resume and out is None: raise ValueError("resume=True needs the output_dir of the run to resume")
+    held = [f for f in RUN_FILES if out is not None and (Path(out) / f).exists()]
+    if not held or overwrite:
+        if resume: warnings.warn(f"resume: no checkpoint in {str(out)!r}; training starts at step 0")
+        return 0
+    kind = "finished" if (Path(out) / RUN_FILES[2]).exists() else "partial"
+    if not resume: raise ValueError(f"output_dir {str(out)!r} holds a {kind} run ({', '.join(held)}): pass resume=True to "
+                                    "continue it, overwrite=True to replace it, or another output_dir")
+    ckpt = Path(out) / "checkpoint.pt"
+    if not ckpt.exists(): raise ValueError(f"resume: {str(out)!r} holds a {kind} run but no checkpoint.pt; pass overwrite=True")
+    return int(torch.load(ckpt, map_location="cpu", weights_only=True)["step"])
+
+def _clear_run(out:Path, token:str) -> None:
+    "Remove the files a run writes (overwrite=True), before the new run writes its own."
+    from dti_lens.embeddings import _stem
+    for f in (*RUN_FILES, f"{_stem(token)}.safetensors"): (out / f).unlink(missing_ok=True)
+    for f in (out / "samples").glob("step-*.png"): f.unlink()
+
+# %% ../nbs/13_train.ipynb #33af97e0
+def check_device(device) -> None:
+    "Refuse a CUDA device where CUDA is absent, and anything torch cannot parse, before the model loads."
+    if device is None: return
+    try: dev = torch.device(device)
+    except (RuntimeError, TypeError): raise ValueError(f"device must be e.g. 'cpu', 'cuda' or 'cuda:1'; got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available here (torch.cuda.is_available() is False); use 'cpu'")
+
+def check_validation_prompts(prompts) -> None:
+    "Each validation prompt must hold one '{}' where the token goes."
+    if prompts is None: return
+    if isinstance(prompts, str) or not all(isinstance(p, str) and p.count("{}") == 1 for p in prompts):
+        raise ValueError(f"validation_prompts must be a list of prompts each with one '{{}}' where the token goes; got {prompts!r}")
+
 # %% ../nbs/13_train.ipynb #17c767e6
 def fill_defaults(c:TrainConfig, pipe) -> TrainConfig:
     "Fill `c`'s None settings with `defaults` for the pipeline's family and the method; check the resolution."
@@ -417,7 +477,12 @@ def fill_defaults(c:TrainConfig, pipe) -> TrainConfig:
     check_config(c)
     return c
 
-def train_dti(pipe, # a diffusers pipeline, or a model id / folder for `from_pretrained`
+def _say_pieces(c:TrainConfig, pieces:dict) -> None:
+    "Warn when the init word is several word pieces: the token gets one vector per piece."
+    n = len(next(iter(pieces.values()))[0])
+    if n > 1: warnings.warn(f"init {c.init!r} is {n} word pieces: the token gets {n} vectors ({', '.join(placeholder_tokens(c.token, n))})")
+
+def train_dti(pipe, # a diffusers pipeline, a model id / folder for `from_pretrained`, or "tiny:<kind>"
               images, # a folder, a list of paths or PIL images
               token:str, # the placeholder, e.g. "<dog>"
               init:str, # the init word: its direction starts v (n pieces give n vectors)
@@ -436,7 +501,8 @@ def train_dti(pipe, # a diffusers pipeline, or a model id / folder for `from_pre
               beta:float=0.0, # EMA factor of the squared gradient norm (App. C.1); 0: plain normalisation
               checkpoint_every:int=100, # steps between checkpoints (with output_dir)
               resume:bool=False, # continue from output_dir's checkpoint
-              validation_prompts:list|None=None, # prompts ('{}' or the token) sampled at the end (and every validation_every)
+              overwrite:bool=False, # replace the run in output_dir
+              validation_prompts:list|None=None, # prompts with '{}' for the token, sampled at the end (and every validation_every)
               validation_every:int|None=None,
               mixed_precision:str|None=None, # "bf16" (default on CUDA) or "no"
               device=None, # move the pipeline here first
@@ -446,17 +512,21 @@ def train_dti(pipe, # a diffusers pipeline, or a model id / folder for `from_pre
     "Learn `token` for the subject in `images` (DTI's Algorithm 1, or a TI baseline); the pipeline keeps the token."
     c = TrainConfig(token, init, method=method, prior=prior, steps=steps, lr=lr, kappa=kappa, beta=beta, magnitude=magnitude,
                     batch_size=batch_size, grad_accum=grad_accum, resolution=resolution, seed=seed, **kwargs)
-    check_config(c)
-    if resume and output_dir is None: raise ValueError("resume=True needs the output_dir of the run to resume")
+    check_config(c)  # every argument, then the images and the output folder, before the model loads
     if mixed_precision not in (None, "bf16", "no"): raise ValueError(f"mixed_precision must be 'bf16' or 'no'; got {mixed_precision!r}")
-    images = load_images(images)  # a bad folder or file fails before the model loads
+    check_validation_prompts(validation_prompts); check_device(device)
+    record, images = training_set(images), load_images(images)
+    done, out = check_run_folder(output_dir, resume, overwrite), output_dir and Path(output_dir)
     pipe = load_pipeline(pipe, device)
     fill_defaults(c, pipe)
+    if done > c.steps: raise ValueError(f"resume: the checkpoint in {str(out)!r} is at step {done}, past steps={c.steps}; pass steps >= {done}")
     noise_scheduler(pipe)  # an unsupported prediction type fails before any model work
     pieces = check_words(pipe, c)
+    _say_pieces(c, pieces)
     pixels = pixel_batch(images, c.resolution, flip=c.flip, crop=c.crop, crops=c.crops, seed=c.seed)
-    return _train(pipe, c, pieces, pixels, output_dir and Path(output_dir), checkpoint_every, resume,
-                  validation_prompts, validation_every, mixed_precision, progress)
+    if out and overwrite: _clear_run(out, c.token)
+    return _train(pipe, c, pieces, pixels, out, checkpoint_every, resume and done > 0, validation_prompts, validation_every,
+                  mixed_precision, progress, record)
 
 # %% ../nbs/13_train.ipynb #2f314773
 def _micro_loss(pipe, slots, c:TrainConfig, data:dict, gen, mp:str) -> torch.Tensor:
@@ -488,7 +558,7 @@ def _step(pipe, slots, c:TrainConfig, data:dict, opt, gen, step:int, mp:str) -> 
     return _telemetry(slots, before, step + 1, value, c.lr), value
 
 # %% ../nbs/13_train.ipynb #3582c40c
-def _prepare(pipe, c:TrainConfig, pieces, pixels:PixelBatch) -> tuple[dict, dict]:
+def _prepare(pipe, c:TrainConfig, pieces, pixels:PixelBatch, images:list=()) -> tuple[dict, dict]:
     "Latents once, the placeholder rows, the tokenized templates, the sampler and the noise scheduler."
     cache = encode_latents(pipe.vae, pixels)
     slots = make_slots(pipe, c, pieces)
@@ -497,7 +567,7 @@ def _prepare(pipe, c:TrainConfig, pieces, pixels:PixelBatch) -> tuple[dict, dict
     gen = torch.Generator().manual_seed(c.seed)
     sched = noise_scheduler(pipe)
     data = dict(cache=cache, tokens=prompt_batch(pipe, prompts), sampler=Sampler(len(cache.mean), gen),
-                scheduler=sched, gen=gen, device=pipe.device, dtype=_denoiser(pipe).dtype)  # looked up once: both walk the modules
+                scheduler=sched, gen=gen, images=list(images), device=pipe.device, dtype=_denoiser(pipe).dtype)  # looked up once: both walk the modules
     return slots, data
 
 # %% ../nbs/13_train.ipynb #0e3f6f16
@@ -510,16 +580,17 @@ def _validate(pipe, out, prompts, c:TrainConfig, slots, step:int) -> tuple:
     return step, imgs
 
 # %% ../nbs/13_train.ipynb #6717f8f4
-def _train(pipe, c:TrainConfig, pieces, pixels, out:Path|None, checkpoint_every:int, resume:bool, vprompts, vevery, mp, progress) -> TrainResult:
+def _train(pipe, c:TrainConfig, pieces, pixels, out:Path|None, checkpoint_every:int, resume:bool, vprompts, vevery, mp, progress,
+           images:list=()) -> TrainResult:
     "The training loop behind `train_dti`."
     from contextlib import ExitStack
     mp = mp or ("bf16" if pipe.device.type == "cuda" else "no")
-    slots, data = _prepare(pipe, c, pieces, pixels)
+    slots, data = _prepare(pipe, c, pieces, pixels, images)
     opt, gen, start, nan_steps, log, samples = make_optimizer(slots, c), data["gen"], 0, 0, [], []
     ckpt, log_path = (out / "checkpoint.pt", out / "log.jsonl") if out else (None, None)
     if out: out.mkdir(parents=True, exist_ok=True)
     if out and resume and ckpt.exists():
-        start, nan_steps = load_checkpoint(ckpt, slots, opt, gen, data["sampler"], c)
+        start, nan_steps = load_checkpoint(ckpt, slots, opt, gen, data["sampler"], c, data["images"])
     if out: _truncate_log(log_path, start); log = [json.loads(l) for l in log_path.read_text().splitlines()] if log_path.exists() else []
     with ExitStack() as stack:
         for s in slots.values(): stack.enter_context(learned_rows(s.enc, s.ids, s.embedding))
@@ -534,7 +605,7 @@ def _train(pipe, c:TrainConfig, pieces, pixels, out:Path|None, checkpoint_every:
             log.append(rec)
             if logf: logf.write(json.dumps(rec) + "\n"); logf.flush()
             if rec.get("loss") is not None: bar.set_postfix(loss=f"{loss:.4f}")
-            if out and (step + 1) % checkpoint_every == 0: save_checkpoint(ckpt, step + 1, slots, opt, gen, data["sampler"], c, nan_steps)
+            if out and (step + 1) % checkpoint_every == 0: save_checkpoint(ckpt, step + 1, slots, opt, gen, data["sampler"], c, nan_steps, data["images"])
             if vprompts and vevery and (step + 1) % vevery == 0 and step + 1 < c.steps: samples.append(_validate(pipe, out, vprompts, c, slots, step + 1))
         if vprompts: samples.append(_validate(pipe, out, vprompts, c, slots, c.steps))
     return _finish(pipe, c, slots, out, log, samples, nan_steps, opt, gen, data)
@@ -548,7 +619,7 @@ def _finish(pipe, c:TrainConfig, slots, out, log, samples, nan_steps, opt, gen, 
     files = {}
     if out:
         files = save_embeddings(out, c.token, emb, _metadata(pipe, c, slots, c.steps))
-        save_checkpoint(out / "checkpoint.pt", c.steps, slots, opt, gen, data["sampler"], c, nan_steps)
+        save_checkpoint(out / "checkpoint.pt", c.steps, slots, opt, gen, data["sampler"], c, nan_steps, data["images"])
     return TrainResult(c.token, c.method, {k: s.tokens for k, s in slots.items()}, emb, {k: s.m_star for k, s in slots.items()},
                        {k: s.mu.detach().cpu() for k, s in slots.items()}, log, files, samples, nan_steps)
 

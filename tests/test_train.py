@@ -93,3 +93,52 @@ def test_train_many_follows_the_json(tmp_path):
     from dti_lens.encoders import word_pieces, text_encoders
     row = lambda w: enc[word_pieces(text_encoders(tiny_pipeline("sd15"))["text_encoder"], w)[0]].detach()
     assert cos("a", row("toy")) > 0.999 and cos("b", row("cat")) > 0.999   # mu is the prior word's direction
+
+
+def _snapshot(folder):
+    "Every file under `folder` with its bytes: a refused call must leave this unchanged."
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_run_is_never_silently_overwritten(tmp_path):
+    train_dti(tiny_pipeline("sd15"), SUBJECT, "<disc>", "toy", steps=3, output_dir=tmp_path, **KW)
+    before = _snapshot(tmp_path)
+    with pytest.raises(ValueError, match="holds a finished run .*resume=True to continue it, overwrite=True to replace it"):
+        train_dti(tiny_pipeline("sd15"), SUBJECT, "<disc>", "toy", steps=3, output_dir=tmp_path, **KW)
+    assert _snapshot(tmp_path) == before
+    (tmp_path / "learned_embeds.safetensors").unlink()       # what a run killed before its end leaves
+    with pytest.raises(ValueError, match="holds a partial run"):
+        train_dti(tiny_pipeline("sd15"), SUBJECT, "<disc>", "toy", steps=3, output_dir=tmp_path, **KW)
+
+
+def test_overwrite_replaces_the_run(tmp_path):
+    train_dti(tiny_pipeline("sd15"), SUBJECT, "<disc>", "toy", steps=5, output_dir=tmp_path, **KW)
+    fresh = train_dti(tiny_pipeline("sd15"), SUBJECT, "<disc>", "toy", steps=4, output_dir=tmp_path / "fresh", **KW)
+    again = train_dti(tiny_pipeline("sd15"), SUBJECT, "<disc>", "toy", steps=4, output_dir=tmp_path, overwrite=True, **KW)
+    assert torch.equal(fresh.embeddings["text_encoder"], again.embeddings["text_encoder"])  # nothing of the old run leaks in
+    assert [r["step"] for r in _lines(tmp_path / "log.jsonl")] == [1, 2, 3, 4]
+
+
+def test_resume_without_a_checkpoint_says_so_and_starts_fresh(tmp_path):
+    with pytest.warns(UserWarning, match="resume: no checkpoint in .*training starts at step 0"):
+        r = train_dti(tiny_pipeline("sd15"), SUBJECT, "<disc>", "toy", steps=2, output_dir=tmp_path, resume=True, **KW)
+    assert len(r.log) == 2
+
+
+def test_resume_never_goes_backwards_and_touches_no_file(tmp_path):
+    train_dti(tiny_pipeline("sd15"), SUBJECT, "<disc>", "toy", steps=6, output_dir=tmp_path, **KW)
+    before = _snapshot(tmp_path)
+    with pytest.raises(ValueError, match="checkpoint in .* is at step 6, past steps=4; pass steps >= 6"):
+        train_dti(tiny_pipeline("sd15"), SUBJECT, "<disc>", "toy", steps=4, output_dir=tmp_path, resume=True, **KW)
+    assert _snapshot(tmp_path) == before
+
+
+def test_resume_refuses_changed_images(tmp_path):
+    photos = tmp_path / "photos"; photos.mkdir()
+    for i, im in enumerate(SUBJECT): im.save(photos / f"{i}.png")
+    train_dti(tiny_pipeline("sd15"), photos, "<disc>", "toy", steps=3, output_dir=tmp_path / "run", **KW)
+    SUBJECT[0].rotate(90).save(photos / "extra.png"); (photos / "1.png").unlink()
+    before = _snapshot(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"training images changed since the checkpoint .*\(added: extra.png; removed: 1.png\)"):
+        train_dti(tiny_pipeline("sd15"), photos, "<disc>", "toy", steps=6, output_dir=tmp_path / "run", resume=True, **KW)
+    assert _snapshot(tmp_path / "run") == before
