@@ -653,17 +653,21 @@ def rescale(embedding:torch.Tensor, # learned rows (n, d)
 # %% ../nbs/13_train.ipynb #8db78296
 def norm_figure(results:dict, # label -> TrainResult
                 name:str="text_encoder", # which encoder's rows
+                height:int=380, # pixels
                ):
-    "Norm of the learned rows per step for each run, with the encoder's m* dashed."
+    "Norm of the learned rows per step for each run, over a pale band at the encoder's m*."
     import plotly.graph_objects as go
     fig = go.Figure()
+    m = next(iter(results.values())).magnitudes[name]
+    fig.add_hline(y=m, line=dict(color="rgba(120,120,120,0.35)", width=9), layer="below",
+                  annotation_text=f"m* = {m:.3f}", annotation_position="bottom right")
     for label, r in results.items():
         steps = [rec["step"] for rec in r.log if name in rec]
         norms = r.norms(name)
-        for j in range(norms.shape[1]): fig.add_scatter(x=steps, y=norms[:, j].tolist(), mode="lines", name=f"{label} {r.tokens[name][j]}")
-    m = next(iter(results.values())).magnitudes[name]
-    fig.add_hline(y=m, line_dash="dash", annotation_text=f"m* = {m:.3f}")
-    return fig.update_layout(title=f"|e| during training ({name})", xaxis_title="step", yaxis_title="|e|", template="plotly_white")
+        for j in range(norms.shape[1]):
+            fig.add_scatter(x=steps, y=norms[:, j].tolist(), mode="lines", line_width=2.5, name=f"{label} {r.tokens[name][j]}")
+    return fig.update_layout(title=f"|e| during training ({name})", xaxis_title="step", yaxis_title="|e|", template="plotly_white",
+                             height=height, margin=dict(t=60, b=90), legend=dict(orientation="h", y=-0.25))
 
 # %% ../nbs/13_train.ipynb #b0136168
 def subject_token(name:str) -> str:
