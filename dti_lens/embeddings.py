@@ -1,4 +1,4 @@
-"""Save and load learned token embeddings in every format people use: diffusers, A1111/ComfyUI (`.pt` and the SDXL single file) and kohya's `emb_params`.
+"""Save, read and load learned token embeddings in every format people use: diffusers, A1111/ComfyUI (`.pt`, embedding images, the SDXL single file) and kohya's `emb_params`.
 
 Docs: https://dti-lens.github.io/dti_lens/embeddings.html.md"""
 
@@ -6,17 +6,20 @@ Docs: https://dti-lens.github.io/dti_lens/embeddings.html.md"""
 
 # %% ../nbs/12_embeddings.ipynb #76747245
 from __future__ import annotations
-import json, os, re, tempfile
-from dataclasses import dataclass
+import base64, json, os, re, tempfile, warnings, zlib
+from dataclasses import dataclass, field
 from pathlib import Path
+import numpy as np
 import torch
+from PIL import Image, PngImagePlugin
 from safetensors import safe_open
 from safetensors.torch import save_file
 from .encoders import text_encoders, family, placeholder_tokens, check_placeholder, add_placeholder
 
 # %% auto #0
-__all__ = ['SLOTS', 'DIFFUSERS_NAMES', 'SDXL_KEYS', 'KINDS', 'write_atomic', 'write_text_atomic', 'save_embeddings',
-           'EmbeddingFile', 'read_embeddings', 'write_like', 'load_embeddings']
+__all__ = ['SLOTS', 'DIFFUSERS_NAMES', 'SDXL_KEYS', 'KINDS', 'CARD_KEY', 'SUFFIXES', 'EMBEDDING_SUFFIXES', 'write_atomic',
+           'write_text_atomic', 'save_embeddings', 'EmbeddingFile', 'read_embeddings', 'write_like', 'embedding_files',
+           'load_embeddings']
 
 # %% ../nbs/12_embeddings.ipynb #40ed2d60
 def _umask() -> int:
@@ -99,16 +102,21 @@ def save_embeddings(output_dir, # folder for the files (created if needed)
     return paths
 
 # %% ../nbs/12_embeddings.ipynb #f11c7ddf
-KINDS = ("diffusers", "sdxl_single", "a1111_pt", "emb_params")
+KINDS = ("diffusers", "sdxl_single", "a1111_pt", "emb_params", "a1111_image")
+
+class _NotEmbedding(ValueError): "The file holds something else: a model, a checkpoint, a picture."
+class _Refused(ValueError): "The file cannot be read safely (a pickle of more than tensors), or at all."
 
 @dataclass
 class EmbeddingFile:
     "A learned embedding as read from a file."
     vectors: dict # encoder slot ("text_encoder", "text_encoder_2", or None: decided by width) -> (n, d) float32
     token: str|None # the token name stored in the file, if any
-    metadata: dict # safetensors metadata, or a torch file's non-tensor entries
+    metadata: dict # safetensors metadata, or the plain entries of a torch file or of an A1111 image's JSON
     kind: str # one of `KINDS`
     path: Path|None = None # where it was read from
+    stored: dict = field(default_factory=dict) # slot -> (shape, dtype) in the file, (d,) or (n, d); write_like keeps it
+    card: tuple = () # a1111_image only: where the data is, "text" (its PNG text chunk) and/or "pixels"
 
 # %% ../nbs/12_embeddings.ipynb #adde6be5
 def _is_safetensors(path:Path) -> bool:
@@ -116,74 +124,282 @@ def _is_safetensors(path:Path) -> bool:
     with open(path, "rb") as f: head = f.read(9)
     return len(head) == 9 and head[8:9] == b"{"
 
+def _refusal(e:Exception) -> str:
+    "What torch's safe unpickler refused, in a few words, without its hint to switch the check off."
+    s = str(e)
+    if m := re.search(r"GLOBAL ([\w.]+)", s): return f"it calls {m[1]}, which is neither a tensor nor a plain container"
+    if m := re.search(r"Unsupported operand (\d+)", s): return f"its pickle uses opcode {m[1]}, which that unpickler never runs"
+    return s.splitlines()[0][:200] if s and "weights_only" not in s else type(e).__name__
+
+def _plain(data) -> dict:
+    "The plain entries (str, int, float, bool) of a loaded dict, and those recorded under 'dti_lens'."
+    if not isinstance(data, dict): return {}
+    meta = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, (str, int, float, bool))}
+    return meta | (data["dti_lens"] if isinstance(data.get("dti_lens"), dict) else {})
+
 def _load_raw(path:Path) -> tuple:
     "(content, metadata) of a safetensors file, or of a torch file unpickled with `weights_only=True`."
-    if _is_safetensors(path):
-        with safe_open(str(path), "pt", device="cpu") as f: return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-    try: data = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if _is_safetensors(path):
+            with safe_open(str(path), "pt", device="cpu") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"refusing to load {path}: it is not safetensors, and torch.load(weights_only=True) rejected it "
-                         f"(a pickle that is not plain tensors may run code): {e}") from e
-    meta = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, (str, int, float, bool))} if isinstance(data, dict) else {}
-    return data, meta
+        raise _Refused(f"refusing to load {path}: it is not readable safetensors, and torch's safe unpickler (torch.load "
+                       f"with weights_only=True: tensors and plain containers only) rejected it: {_refusal(e)}. A pickle "
+                       "holding anything else can run code when loaded; ask for the embedding as .safetensors") from None
+    return data, _plain(data)
 
-def _vector(path, key, t) -> torch.Tensor:
-    "A stored vector (d,) or matrix (n, d) as a finite float32 CPU matrix."
+# %% ../nbs/12_embeddings.ipynb #4a630f96
+def _vector(path, key, t) -> tuple:
+    "A stored vector (d,) or matrix (n, d): (a finite float32 CPU matrix (n, d), (shape, dtype) as stored)."
     if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.ndim not in (1, 2) or 0 in t.shape:
         got = f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
         raise ValueError(f"{path}: {key!r} must be a float tensor (d,) or (n, d); got {got}")
-    t = t.detach().to("cpu", torch.float32)
-    t = (t[None] if t.ndim == 1 else t).contiguous()
-    if not torch.isfinite(t).all(): raise ValueError(f"{path}: {key!r} has NaN or inf values")
-    return t
+    rows = t.detach().to("cpu", torch.float32).reshape(-1, t.shape[-1]).contiguous()
+    if not torch.isfinite(rows).all(): raise ValueError(f"{path}: {key!r} has NaN or inf values")
+    return rows, (tuple(t.shape), t.dtype)
 
-# %% ../nbs/12_embeddings.ipynb #8c85af86
-def read_embeddings(path) -> EmbeddingFile:
-    "Read a diffusers, A1111 `.pt`, SDXL single-file or kohya `emb_params` embedding."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"no embedding file at {path}")
-    data, meta = _load_raw(path)
-    if isinstance(data, torch.Tensor): return EmbeddingFile({None: _vector(path, "tensor", data)}, None, meta, "diffusers", path)
-    if not isinstance(data, dict): raise ValueError(f"{path} holds a {type(data).__name__}, not an embedding")
-    name = next((v for v in (data.get("name"), meta.get("token"), meta.get("name")) if isinstance(v, str) and v), None)
+def _describe(keys:tuple) -> str:
+    "Where a tensor sits in a file: 'tensor' (the whole file), 'clip_g', \"string_to_param['*']\"."
+    return keys[0] + "".join(f"[{k!r}]" for k in keys[1:]) if keys else "tensor"
+
+def _locate(path:Path, data) -> tuple:
+    "(kind, {slot: (keys, tensor)}, diffusers token or None) of a file's content; `keys` lead to each tensor."
+    if isinstance(data, torch.Tensor): return "diffusers", {None: ((), data)}, None
+    if not isinstance(data, dict): raise _NotEmbedding(f"{path} holds a {type(data).__name__}, not an embedding")
     if "clip_l" in data or "clip_g" in data:
-        vectors = {slot: _vector(path, k, data[k]) for slot, k in SDXL_KEYS.items() if k in data}
-        return EmbeddingFile(vectors, name, meta, "sdxl_single", path)
+        return "sdxl_single", {s: ((k,), data[k]) for s, k in SDXL_KEYS.items() if k in data}, None
     if "string_to_param" in data:
         stp = data["string_to_param"]
         if not isinstance(stp, dict) or not ("*" in stp or len(stp) == 1):
-            raise ValueError(f"{path}: string_to_param must hold '*' or a single entry; got {list(stp) if isinstance(stp, dict) else type(stp).__name__}")
+            raise ValueError(f"{path}: string_to_param must hold '*' or a single entry; "
+                             f"got {list(stp) if isinstance(stp, dict) else type(stp).__name__}")
         key = "*" if "*" in stp else next(iter(stp))
-        return EmbeddingFile({None: _vector(path, f"string_to_param[{key!r}]", stp[key])}, name, meta, "a1111_pt", path)
-    if "emb_params" in data: return EmbeddingFile({None: _vector(path, "emb_params", data["emb_params"])}, name, meta, "emb_params", path)
-    if len(data) == 1 and isinstance(token := next(iter(data)), str) and isinstance(data[token], torch.Tensor):
+        return "a1111_pt", {None: (("string_to_param", key), stp[key])}, None
+    if "emb_params" in data: return "emb_params", {None: (("emb_params",), data["emb_params"])}, None
+    if len(data) == 1 and isinstance(tok := next(iter(data)), str) and isinstance(data[tok], torch.Tensor):
         slot = "text_encoder_2" if path.name.startswith("learned_embeds_2.") else None
-        return EmbeddingFile({slot: _vector(path, token, data[token])}, token, meta, "diffusers", path)
-    raise ValueError(f"{path} is not an embedding in a known format (diffusers {{token: tensor}}, A1111 string_to_param, "
-                     f"clip_l/clip_g, emb_params); keys found: {[str(k) for k in data][:20]}")
+        return "diffusers", {slot: ((tok,), data[tok])}, tok
+    raise _NotEmbedding(f"{path} is not an embedding in a known format (diffusers {{token: tensor}}, A1111 "
+                        f"string_to_param, clip_l/clip_g, emb_params); keys found: {[str(k) for k in data][:20]}")
+
+# %% ../nbs/12_embeddings.ipynb #03f712ac
+_XOR = np.zeros(0, np.uint8)
+
+def _xor_stream(n:int) -> np.ndarray:
+    "A1111's first `n` XOR nibbles: x <- (1664525 x + 1013904223) mod 2^32 from 0, each (x mod 255) & 15."
+    global _XOR
+    if len(_XOR) < n:
+        out, x = [], 0
+        for _ in range(n): x = (1664525 * x + 1013904223) % 4294967296; out.append(x % 255 & 15)
+        _XOR = np.array(out, np.uint8)
+    return _XOR[:n]
+
+def _inflate(data:bytes, limit:int=1 << 26) -> bytes|None:
+    "`data` zlib-decompressed (trailing bytes ignored), or None: not zlib data, or more than `limit` bytes."
+    d = zlib.decompressobj()
+    try: out = d.decompress(data, limit)
+    except zlib.error: return None
+    return out if d.eof else None
+
+# %% ../nbs/12_embeddings.ipynb #e774775f
+def _pixel_payload(img) -> tuple:
+    "(bytes, box of the picture between the strips) hidden in an A1111 image's pixels, or (None, None)."
+    a = np.asarray(img.convert("RGB"))
+    lit = a.all(2)                                   # A1111 crops the border where every pixel has a zero channel
+    rows, cols = np.flatnonzero(lit.any(1)), np.flatnonzero(lit.any(0))
+    if not len(rows): return None, None
+    a = a[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] & 0x0F
+    black = np.flatnonzero(a.sum((0, 2)) == 0)       # the two separators, and any black column of the picture
+    if len(black) < 2: return None, None
+    lo, hi = a[:, :black[0]], a[:, black[-1] + 1:]
+    if lo.shape != hi.shape or not lo.size: return None, None
+    key = _xor_stream(lo.size).reshape(lo.shape)
+    data = _inflate((((hi ^ key) << 4) | (lo ^ key)).tobytes())
+    box = (int(cols[0] + black[0] + 1), int(rows[0]), int(cols[0] + black[-1]), int(rows[-1] + 1))
+    return (data, box) if data is not None else (None, None)
+
+def _hide_in_pixels(picture, data:bytes):
+    "`picture` between the two strips that hide `data` as A1111 does: low nibbles left, high right."
+    h = picture.height
+    raw = np.frombuffer(zlib.compress(data, 9), np.uint8)
+    raw = np.resize(raw, -(-raw.size // (3 * h)) * 3 * h).reshape(h, -1, 3)  # repeated to fill: zlib stops at its end
+    key = _xor_stream(raw.size).reshape(raw.shape)
+    lo, hi = (Image.fromarray((nib ^ key) | 0x80) for nib in (raw & 0x0F, raw >> 4))  # 0x80: never black
+    card, w = Image.new("RGB", (2 * lo.width + picture.width + 2, h)), lo.width
+    for im, x in ((lo, 0), (picture.convert("RGB"), w + 1), (hi, w + picture.width + 2)): card.paste(im, (x, 0))
+    return card
+
+# %% ../nbs/12_embeddings.ipynb #8058d506
+CARD_KEY = "sd-ti-embedding"
+
+def _image_kind(path:Path) -> str|None:
+    "'png' or 'webp' by the file's signature, else None."
+    with open(path, "rb") as f: head = f.read(12)
+    if head.startswith(b"\x89PNG\r\n\x1a\n"): return "png"
+    return "webp" if head[:4] + head[8:] == b"RIFFWEBP" else None
+
+def _tensors(d:dict):
+    "JSON object hook: A1111's {'TORCHTENSOR': nested lists} as the float64 tensor its decoder makes."
+    return torch.tensor(d["TORCHTENSOR"], dtype=torch.float64) if set(d) == {"TORCHTENSOR"} else d
+
+def _card_data(path:Path) -> tuple:
+    "(A1111's JSON, where it was) of an image: its `sd-ti-embedding` text chunk, else its pixels, as A1111 reads it."
+    try:
+        with Image.open(path) as img: text, (hidden, _) = getattr(img, "text", {}).get(CARD_KEY), _pixel_payload(img)
+    except (OSError, ValueError, SyntaxError) as e: raise _Refused(f"{path}: PIL cannot read this image: {e}") from None
+    where = tuple(w for w, v in (("text", text), ("pixels", hidden)) if v is not None)
+    if not where: raise _NotEmbedding(f"{path} is an image without an embedding: no {CARD_KEY!r} text chunk and nothing "
+                                      "hidden in its pixels (a preview? a lossy WebP or a resized copy loses them)")
+    try:
+        data = json.loads(base64.b64decode(text) if text is not None else hidden, object_hook=_tensors)
+        stp = data.get("string_to_param") if isinstance(data, dict) else None
+        for k, v in (stp.items() if isinstance(stp, dict) else ()):   # plain nested lists too
+            if isinstance(v, list): stp[k] = torch.tensor(v, dtype=torch.float64)
+    except (ValueError, TypeError) as e: raise ValueError(f"{path}: its {where[0]} data is not A1111's JSON: {e}") from None
+    return data, where
+
+# %% ../nbs/12_embeddings.ipynb #8c85af86
+def read_embeddings(path) -> EmbeddingFile:
+    "Read one embedding file of any supported format: each tensor, (d,) or (n, d) in any float dtype, as (n, d) float32."
+    path = Path(path)
+    if path.is_dir(): raise ValueError(f"path {path} is a folder: embedding_files() reads every embedding file in it")
+    if not path.is_file(): raise FileNotFoundError(f"no embedding file at {path}")
+    if _image_kind(path): (data, card), meta = _card_data(path), {}
+    else: (data, meta), card = _load_raw(path), ()
+    kind, found, token = _locate(path, data)
+    if card and kind != "a1111_pt": raise _NotEmbedding(f"{path}: an A1111 image holds string_to_param, not {kind}")
+    if card: kind, meta = "a1111_image", _plain(data)
+    vectors, stored = {}, {}
+    for slot, (keys, t) in found.items():
+        vectors[slot], (shape, dtype) = _vector(path, _describe(keys), t)
+        stored[slot] = (shape, torch.float32 if card else dtype)   # JSON has no dtype: A1111 computes in float32
+    names = (data.get("name") if isinstance(data, dict) else None, meta.get("token"), meta.get("name"))
+    name = token or next((v for v in names if isinstance(v, str) and v), None)
+    return EmbeddingFile(vectors, name, meta, kind, path, stored, card)
+
+# %% ../nbs/12_embeddings.ipynb #cf8d759c
+SUFFIXES = {"safetensors": (".safetensors",), "torch": (".pt", ".bin"), "png": (".png",), "webp": (".webp",)}
+
+def _container(path:Path) -> str:
+    "How a file stores its content: 'png', 'webp', 'safetensors' or 'torch'."
+    return _image_kind(path) or ("safetensors" if _is_safetensors(path) else "torch")
+
+def _check_target(emb:EmbeddingFile, path) -> str:
+    "The container `emb` is rewritten in, once `path`'s suffix is checked to fit it."
+    if emb.path is None or not Path(emb.path).is_file():
+        raise ValueError(f"emb must be what read_embeddings returned for one file (write_like rewrites that file); its "
+                         f"path is {emb.path} (for a folder, write each of embedding_files(folder))")
+    box = _container(Path(emb.path))
+    if Path(path).suffix.lower() not in SUFFIXES[box]:
+        raise ValueError(f"path must end with {' or '.join(SUFFIXES[box])} to stay a {box} file like "
+                         f"{Path(emb.path).name} (A1111 and ComfyUI choose the reader by suffix); got {Path(path).name!r}")
+    return box
+
+def _has_room(emb:EmbeddingFile) -> bool:
+    "Whether `emb`'s file can record metadata without breaking a loader (not a diffusers or SDXL torch file)."
+    return emb.kind == "a1111_pt" or _container(Path(emb.path)) != "torch"
+
+# %% ../nbs/12_embeddings.ipynb #081310a8
+def _as_stored(slot, t, rows_shape, stored:tuple) -> torch.Tensor:
+    "New rows `t` (n, d) for `slot` in the file's own layout and dtype, refusing what that dtype cannot hold."
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point() or tuple(t.shape) != tuple(rows_shape):
+        got = f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"vectors[{slot!r}] must be a float tensor of shape {tuple(rows_shape)}; got {got}")
+    shape, dtype = stored
+    out = t.detach().to("cpu", dtype).reshape(shape).clone(memory_format=torch.contiguous_format)
+    if not torch.isfinite(out).all():
+        raise ValueError(f"vectors[{slot!r}] has NaN or inf values once stored as {dtype}; refusing to write it")
+    return out
+
+def _check_metadata(metadata) -> dict:
+    "`metadata` as plain JSON values, or a ValueError naming it."
+    if metadata is None: return {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+        raise ValueError(f"metadata must be a dict with str keys; got {metadata!r}")
+    try: return json.loads(json.dumps(metadata))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"metadata values must be JSON values (str, number, bool, list, dict): {e}") from None
+
+def _put(data, keys:tuple, t):
+    "`data` with the tensor at `keys` (a path of dict keys; () for the whole content) replaced by `t`."
+    if not keys: return t
+    d = data
+    for k in keys[:-1]: d = d[k]
+    d[keys[-1]] = t
+    return data
+
+# %% ../nbs/12_embeddings.ipynb #1f017d7b
+def _json_tensor(o):
+    "json.dumps default: a tensor as A1111's {'TORCHTENSOR': nested lists}."
+    if isinstance(o, torch.Tensor): return {"TORCHTENSOR": o.tolist()}
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+def _write_card(emb:EmbeddingFile, path, data:dict) -> Path:
+    "`data` (A1111's JSON) as an image like `emb.path`: same picture, same other PNG text, the data where it was."
+    blob = json.dumps(data, default=_json_tensor).encode()
+    with Image.open(emb.path) as img:
+        fmt, texts, icc = img.format, dict(getattr(img, "text", {})), img.info.get("icc_profile")
+        box = _pixel_payload(img)[1] if "pixels" in emb.card else None
+        out = img.crop(box) if box else img.copy()
+    if "pixels" in emb.card:
+        out = _hide_in_pixels(out, blob)
+        if _pixel_payload(out)[0] != blob: raise ValueError(f"{emb.path}: its picture is too small to hide the embedding")
+    if fmt == "WEBP": return write_atomic(path, lambda p: out.save(p, "WEBP", lossless=True, exact=True, icc_profile=icc))
+    info = PngImagePlugin.PngInfo()
+    for k, v in texts.items():
+        if k != CARD_KEY: info.add_text(k, v)
+    if "text" in emb.card: info.add_text(CARD_KEY, base64.b64encode(blob).decode())   # tEXt, as A1111 writes it
+    return write_atomic(path, lambda p: out.save(p, "PNG", pnginfo=info, icc_profile=icc))
 
 # %% ../nbs/12_embeddings.ipynb #021f8527
 def write_like(emb:EmbeddingFile, # what `read_embeddings` returned for the original file
-               path, # the file to write
-               vectors:dict, # new rows per slot, the same slots as `emb.vectors`
+               path, # the file to write; its suffix must fit the format (.safetensors; .pt/.bin; .png; .webp)
+               vectors:dict, # new rows (n, d) per slot, the slots and shapes of `emb.vectors`; any float dtype
+               metadata:dict|None=None, # extra entries: safetensors metadata, or a 'dti_lens' entry of a .pt or image
               ) -> Path:
-    "Write `vectors` to `path` in `emb`'s own format, keeping the original's other entries."
-    if set(vectors) != set(emb.vectors): raise ValueError(f"vectors must have the slots {sorted(map(str, emb.vectors))}; got {sorted(map(str, vectors))}")
-    rows = {k: _check_rows(str(k), vectors[k]) for k in vectors}
-    for k, r in rows.items():
-        if r.shape != emb.vectors[k].shape: raise ValueError(f"vectors[{k!r}] must have shape {tuple(emb.vectors[k].shape)}; got {tuple(r.shape)}")
-    meta = {str(k): str(v) for k, v in emb.metadata.items()}
-    if emb.kind == "sdxl_single": return write_atomic(path, lambda p: save_file({SDXL_KEYS[k]: r for k, r in rows.items()}, p, metadata=meta))
-    (row,) = rows.values()
-    if emb.kind == "emb_params": return write_atomic(path, lambda p: save_file({"emb_params": row}, p, metadata=meta))
-    if emb.kind == "a1111_pt":
-        data, _ = _load_raw(emb.path)
-        stp = data["string_to_param"]
-        stp["*" if "*" in stp else next(iter(stp))] = row
-        return write_atomic(path, lambda p: torch.save(data, p))
-    token = emb.token or Path(path).stem
-    if _is_safetensors(emb.path): return write_atomic(path, lambda p: save_file({token: row}, p, metadata=meta))
-    return write_atomic(path, lambda p: torch.save({token: row}, p))
+    "Write `vectors` in `emb`'s format, each tensor in its stored shape and dtype, the original's other entries kept."
+    box, meta = _check_target(emb, path), _check_metadata(metadata)
+    if set(vectors) != set(emb.vectors):
+        raise ValueError(f"vectors must have the slots {sorted(map(str, emb.vectors))}; got {sorted(map(str, vectors))}")
+    stored = lambda k: emb.stored.get(k, (tuple(emb.vectors[k].shape), torch.float32))
+    new = {k: _as_stored(k, vectors[k], emb.vectors[k].shape, stored(k)) for k in emb.vectors}
+    if meta and not _has_room(emb):
+        raise ValueError(f"metadata: {Path(emb.path).name} is a torch file that diffusers and A1111 load only with its "
+                         "tensor entries; pass metadata=None, or keep a .safetensors copy (save_embeddings)")
+    data, header = (_card_data(Path(emb.path))[0], {}) if box in ("png", "webp") else _load_raw(Path(emb.path))
+    _, found, _ = _locate(Path(emb.path), data)
+    if set(found) != set(emb.vectors): raise ValueError(f"{emb.path} changed since it was read; read it again")
+    for slot, (keys, _) in found.items(): data = _put(data, keys, new[slot])
+    if box == "safetensors":
+        header = header | {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+        return write_atomic(path, lambda p: save_file(data, p, metadata=header))
+    if meta: data["dti_lens"] = (data["dti_lens"] if isinstance(data.get("dti_lens"), dict) else {}) | meta
+    if box == "torch": return write_atomic(path, lambda p: torch.save(data, p))
+    return _write_card(emb, path, data)
+
+# %% ../nbs/12_embeddings.ipynb #39478f8a
+EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin", ".png", ".webp")
+
+def embedding_files(folder, # a folder: an output folder of dti_lens, diffusers, A1111 or kohya
+                   ) -> list[EmbeddingFile]: # one per embedding file directly in `folder`, by file name
+    "Read every embedding file in `folder`; models, checkpoints, pictures and `*.preview.*` files are skipped."
+    folder = Path(folder)
+    if not folder.is_dir(): raise ValueError(f"folder must be an existing folder; got {str(folder)!r}")
+    found, skipped = [], []
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or p.suffix.lower() not in EMBEDDING_SUFFIXES: continue
+        if Path(p.stem).suffix.lower() == ".preview": continue   # A1111's preview pictures
+        try: found.append(read_embeddings(p))
+        except _NotEmbedding: skipped.append(p.name)
+        except _Refused as e: skipped.append(p.name); warnings.warn(str(e))
+    if not found:
+        raise ValueError(f"no embedding file in {folder}: looked for {', '.join('*' + s for s in EMBEDDING_SUFFIXES)} "
+                         "holding diffusers' {token: tensor} (learned_embeds.safetensors, learned_embeds_2.safetensors), "
+                         "SDXL clip_l/clip_g, A1111 string_to_param (.pt, or a PNG/WebP image) or kohya emb_params; "
+                         f"skipped: {skipped or 'nothing'}")
+    return found
 
 # %% ../nbs/12_embeddings.ipynb #c94245d3
 def _diffusers_pair(folder:Path) -> dict:
@@ -193,49 +409,46 @@ def _diffusers_pair(folder:Path) -> dict:
         if p := next((folder / f"{stem}{ext}" for ext in (".safetensors", ".bin") if (folder / f"{stem}{ext}").is_file()), None): found[slot] = p
     return found
 
-def _sdxl_files(folder:Path) -> list[Path]:
-    "The safetensors files in `folder` with clip_l/clip_g keys (only the headers are read)."
-    out = []
-    for p in sorted(folder.glob("*.safetensors")):
-        try:
-            with safe_open(str(p), "pt") as f: keys = set(f.keys())
-        except Exception: continue
-        if keys & {"clip_l", "clip_g"}: out.append(p)
-    return out
-
 def _read_folder(folder:Path) -> EmbeddingFile:
-    "The embedding in an output folder: diffusers' files, else its one SDXL single file."
+    "The embedding of an output folder: diffusers' learned_embeds files, else its SDXL single file, else its only file."
     if pair := _diffusers_pair(folder):
         files = {slot: read_embeddings(p) for slot, p in pair.items()}
         for slot, f in files.items():
             if f.kind != "diffusers": raise ValueError(f"{f.path} should hold a diffusers embedding {{token: tensor}}; it holds {f.kind}")
         if len(tokens := {f.token for f in files.values()}) > 1: raise ValueError(f"the files in {folder} name different tokens: {sorted(tokens)}")
         vectors = {slot: next(iter(f.vectors.values())) for slot, f in files.items()}
-        return EmbeddingFile(vectors, tokens.pop(), next(iter(files.values())).metadata, "diffusers", folder)
-    singles = _sdxl_files(folder)
-    if len(singles) != 1:
-        raise ValueError(f"{folder} has no learned_embeds.safetensors or learned_embeds_2.safetensors, and "
-                         f"{'no' if not singles else len(singles)} SDXL files with clip_l/clip_g{'' if not singles else ': ' + str([p.name for p in singles])}")
-    return read_embeddings(singles[0])
+        stored = {slot: next(iter(f.stored.values())) for slot, f in files.items()}
+        return EmbeddingFile(vectors, tokens.pop(), next(iter(files.values())).metadata, "diffusers", folder, stored)
+    files = embedding_files(folder)
+    if len(singles := [f for f in files if f.kind == "sdxl_single"]) == 1: return singles[0]
+    if len(files) == 1: return files[0]
+    raise ValueError(f"{folder} holds {len(files)} embedding files and no learned_embeds.safetensors; load one of "
+                     f"them: {[f.path.name for f in files]}")
 
 # %% ../nbs/12_embeddings.ipynb #39833c97
+def _encoder_name(emb:EmbeddingFile, slot, d:int, widths:dict) -> str:
+    "The encoder that rows of width `d` stored under `slot` go to, or a ValueError saying what the file names."
+    if slot is None:
+        if (name := next((k for k, w in widths.items() if w == d), None)) is None:
+            raise ValueError(f"{emb.path} holds rows of width {d} and does not name an encoder; "
+                             f"the model's encoders have widths {widths}")
+        return name
+    how = f"its key {SDXL_KEYS[slot]!r}" if emb.kind == "sdxl_single" else f"the file name {DIFFUSERS_NAMES[slot][:-12]}"
+    named = f"{emb.path} names {slot} ({how}) for its rows of width {d}, but"
+    if slot not in widths: raise ValueError(f"{named} the model has no {slot}; its encoders have widths {widths}")
+    if widths[slot] != d: raise ValueError(f"{named} the model's {slot} has width {widths[slot]} (encoders: {widths})")
+    return slot
+
 def _plan(emb:EmbeddingFile, encs:dict) -> dict:
     "Which encoder gets which rows, checking every width; nothing is changed."
-    widths = {k: e.width for k, e in encs.items()}
-    vectors = dict(emb.vectors)
-    if "text_encoder" in vectors and "text_encoder_2" in vectors and "text_encoder_2" not in encs: del vectors["text_encoder_2"]
-    plan = {}
-    for slot, rows in vectors.items():
-        d = rows.shape[1]
-        if slot is None: slot = next((k for k, w in widths.items() if w == d), None)
-        elif slot not in encs: raise ValueError(f"embedding in {emb.path} is for {slot}, but the pipeline's encoders are {widths}")
-        if slot is None or widths[slot] != d: raise ValueError(f"embedding in {emb.path} has width {d}, but the pipeline's encoders have widths {widths}")
-        plan[slot] = rows
-    return plan
+    widths, vectors = {k: e.width for k, e in encs.items()}, dict(emb.vectors)
+    if "text_encoder" in vectors and "text_encoder_2" in vectors and "text_encoder_2" not in encs:
+        del vectors["text_encoder_2"]   # an SDXL file in a one-encoder pipeline: clip_l only, as A1111 allows
+    return {_encoder_name(emb, slot, rows.shape[1], widths): rows for slot, rows in vectors.items()}
 
 # %% ../nbs/12_embeddings.ipynb #ead2cc4d
 def load_embeddings(pipe, # a diffusers pipeline (SD 1.x/2.x, SDXL, SANA)
-                    path, # an embedding file, or a folder written by `save_embeddings` or diffusers' scripts
+                    path, # an embedding file, or a folder (diffusers' learned_embeds files, else its embedding file)
                     token:str|None=None, # the prompt token; default: the file's own, else the file name
                    ) -> dict[str, list[str]]:
     "Add a learned embedding of any supported format to `pipe`; returns the tokens added to each encoder."

@@ -17,7 +17,8 @@ from .probe import position_probe
 
 # %% auto #0
 __all__ = ['TEA_POSITIONS', 'ALPHA_GRID', 'tea_adjust', 'tea_adjust_mixing', 'anchor_vector', 'token_ids', 'TokenEdit',
-           'adjust_tokens', 'align_spans', 'prompt_spans', 'counterparts', 'prompt_embeds_tea', 'AutoTea', 'auto_tea']
+           'adjust_tokens', 'align_spans', 'prompt_spans', 'counterparts', 'prompt_embeds_tea', 'AutoTea', 'auto_tea',
+           'adjust_file']
 
 # %% ../nbs/14_tea.ipynb #df82c92e
 def _check_alpha(alpha) -> float:
@@ -305,3 +306,77 @@ def auto_tea(enc:TextEncoder, # the text encoder (with absolute positions: CLIP,
     chosen = alpha if alpha is not None else 1.0
     rows = cands[chosen] if chosen in cands else tea_adjust(v, a, chosen, beta)
     return AutoTea(chosen, beta, rows, scores, target, tol, ms, alpha is not None)
+
+# %% ../nbs/14_tea.ipynb #2875ad3d
+import warnings
+from pathlib import Path
+from tqdm import tqdm
+from .embeddings import read_embeddings, write_like, embedding_files, _encoder_name, _check_target, _has_room
+
+def _adjust_jobs(src:Path, out:Path) -> list[tuple]:
+    "[(EmbeddingFile, path to write)] for a file or folder `src`, each target checked; refuses `out` == `src`."
+    if not src.exists(): raise ValueError(f"src: no embedding file or folder at {src}")
+    if src.is_dir() and out.is_file(): raise ValueError(f"out must be a folder, as src is ({src}); {out} is a file")
+    dst = out / src.name if src.is_file() and out.is_dir() else out
+    if dst.resolve() == src.resolve():
+        raise ValueError(f"out is src itself ({src}): write the adjusted {'folder' if src.is_dir() else 'file'} "
+                         "elsewhere, keeping the original to compare with")
+    files = embedding_files(src) if src.is_dir() else [read_embeddings(src)]
+    jobs = [(f, dst / f.path.name if src.is_dir() else dst) for f in files]
+    for emb, path in jobs: _check_target(emb, path)
+    return jobs
+
+# %% ../nbs/14_tea.ipynb #9fe7d5fc
+def _rows_key(name:str, rows:torch.Tensor) -> tuple:
+    "An encoder and the exact rows given to it: files that repeat them (the SDXL single file) share one probe."
+    return name, tuple(rows.shape), rows.numpy().tobytes()
+
+def _auto_choices(jobs, plan, encs:dict, anchor:str, progress:bool) -> dict:
+    "auto_tea's (alpha, beta) for each distinct (encoder, rows) of the files: one probe each, behind a tqdm bar."
+    todo = {_rows_key(name, emb.vectors[slot]): emb.vectors[slot] for (emb, _), names in zip(jobs, plan)
+            for slot, name in names.items()}
+    out = {}
+    for key, rows in tqdm(todo.items(), desc="auto_tea probes", disable=not progress):
+        a = auto_tea(encs[key[0]], rows.double(), anchor, steps=300, n_tokens=512)
+        out[key] = (a.alpha, a.beta)
+    return out
+
+def _adjusted(jobs, plan, anchors:dict, chosen:dict|None, alpha, beta) -> list[tuple]:
+    "[(emb, target, new rows by slot, (alpha, beta) by encoder)]: every file computed before the first is written."
+    results = []
+    for (emb, dst), names in zip(jobs, plan):
+        ab = {name: chosen[_rows_key(name, emb.vectors[slot])] if chosen is not None else (alpha, beta)
+              for slot, name in names.items()}
+        new = {slot: tea_adjust(emb.vectors[slot].double(), anchors[name], *ab[name]) for slot, name in names.items()}
+        results.append((emb, dst, new, ab))
+    return results
+
+# %% ../nbs/14_tea.ipynb #4baa9a5a
+def _write_adjusted(emb, dst, new:dict, ab:dict, anchor:str, auto:bool) -> None:
+    "Write one adjusted file, recording alpha, beta and the anchor where its format has room."
+    meta = dict(tea_anchor=anchor, tea_alpha={k: a for k, (a, _) in ab.items()},
+                tea_beta={k: b for k, (_, b) in ab.items()}, tea_auto=bool(auto))
+    if not _has_room(emb): warnings.warn(f"{dst}: a diffusers or SDXL torch file has no room for metadata; "
+                                         "alpha, beta and the anchor are not recorded in it")
+    write_like(emb, dst, new, metadata=meta if _has_room(emb) else None)
+
+def adjust_file(src, # an embedding file of any format `read_embeddings` reads, or a folder of them
+                out, # the file to write (same format); for a folder src, a folder (created) for the same names
+                pipe, # the pipeline the embedding belongs to: anchor rows and, with auto, the probe
+                anchor:str, # the anchor word, spelled by each encoder's own tokenizer
+                alpha:float|None=0.2, # slerp factor toward the anchor, in [0, 1] (ignored with auto)
+                beta:float=1.0, # target norm in units of |anchor| (ignored with auto)
+                auto:bool=False, # choose alpha and beta per encoder with `auto_tea`
+                progress:bool=False, # a tqdm bar over the auto_tea probes
+               ) -> dict: # encoder -> (alpha, beta) used; for a folder, "file name:encoder" -> (alpha, beta)
+    "TEA on every encoder's rows of an embedding file or folder, written back in each file's format, layouts, dtypes."
+    if not isinstance(anchor, str) or not anchor.strip(): raise ValueError(f"anchor must be a word; got {anchor!r}")
+    if not auto: alpha, beta = _check_alpha(alpha), _check_positive(beta, "beta")
+    encs, src = text_encoders(pipe), Path(src)
+    jobs, widths = _adjust_jobs(src, Path(out)), {k: e.width for k, e in encs.items()}
+    plan = [{s: _encoder_name(emb, s, r.shape[1], widths) for s, r in emb.vectors.items()} for emb, _ in jobs]
+    anchors = {k: anchor_vector(encs[k], anchor) for p in plan for k in p.values()}
+    chosen = _auto_choices(jobs, plan, encs, anchor, progress) if auto else None
+    results = _adjusted(jobs, plan, anchors, chosen, alpha, beta)
+    for emb, dst, new, ab in results: _write_adjusted(emb, dst, new, ab, anchor, auto)
+    return {(f"{emb.path.name}:{k}" if src.is_dir() else k): v for emb, _, _, ab in results for k, v in ab.items()}
