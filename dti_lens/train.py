@@ -298,9 +298,16 @@ def save_checkpoint(path:Path, step:int, slots, opt, gen, sampler, c:TrainConfig
     write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 # %% ../nbs/13_train.ipynb #2eec985d
+def _read_checkpoint(path:Path) -> dict:
+    "A checkpoint's state, unpickled safely; a file that is not one raises a ValueError naming it."
+    try: return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch's own message would advise unsafe loading: say what the file is instead
+        raise ValueError(f"resume: {str(path)!r} is not a checkpoint this trainer wrote ({type(e).__name__}); "
+                         "pass overwrite=True to start over") from None
+
 def load_checkpoint(path:Path, slots, opt, gen, sampler, c:TrainConfig, images:list) -> tuple[int, int]:
     "Restore a checkpoint written by `save_checkpoint`; returns (step, nan_steps). Other settings or images: ValueError."
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _read_checkpoint(path)
     if state["config"] != _resumable(c):
         diff = sorted(k for k in state["config"] if state["config"][k] != _resumable(c).get(k))
         raise ValueError(f"resume: the checkpoint in {path} was made with other settings ({', '.join(diff)}); use a new output_dir")
@@ -444,7 +451,7 @@ def check_run_folder(out, # the run's output_dir, or None
                                     "continue it, overwrite=True to replace it, or another output_dir")
     ckpt = Path(out) / "checkpoint.pt"
     if not ckpt.exists(): raise ValueError(f"resume: {str(out)!r} holds a {kind} run but no checkpoint.pt; pass overwrite=True")
-    return int(torch.load(ckpt, map_location="cpu", weights_only=True)["step"])
+    return int(_read_checkpoint(ckpt)["step"])
 
 def _clear_run(out:Path, token:str) -> None:
     "Remove the files a run writes (overwrite=True), before the new run writes its own."

@@ -142,3 +142,12 @@ def test_resume_refuses_changed_images(tmp_path):
     with pytest.raises(ValueError, match=r"training images changed since the checkpoint .*\(added: extra.png; removed: 1.png\)"):
         train_dti(tiny_pipeline("sd15"), photos, "<disc>", "toy", steps=6, output_dir=tmp_path / "run", resume=True, **KW)
     assert _snapshot(tmp_path / "run") == before
+
+
+def test_a_tampered_checkpoint_is_refused_without_unsafe_advice(tmp_path):
+    import pickle, os
+    train_dti(tiny_pipeline("sd15"), SUBJECT, "<disc>", "toy", steps=3, output_dir=tmp_path, **KW)
+    (tmp_path / "checkpoint.pt").write_bytes(pickle.dumps(os.system))   # what an attacker could leave there
+    with pytest.raises(ValueError, match="is not a checkpoint this trainer wrote") as e:
+        train_dti(tiny_pipeline("sd15"), SUBJECT, "<disc>", "toy", steps=6, output_dir=tmp_path, resume=True, **KW)
+    assert "weights_only" not in str(e.value)
