@@ -26,12 +26,41 @@ from .tea import *
 from .interpolate import *
 
 # %% ../nbs/99_api.ipynb #a2925e29
+from plotly.io.base_renderers import MimetypeRenderer
+
+class _HtmlWithoutPlotlyJS(MimetypeRenderer):
+    "A figure as text/html without plotly.js: its div and `Plotly.newPlot` call; the page must load plotly.js."
+    def to_mimebundle(self, fig_dict):
+        from plotly.io import to_html
+        return {'text/html': to_html(fig_dict, include_plotlyjs=False, include_mathjax=False, full_html=False,
+                                     default_width='100%', default_height=525, validate=False)}
+
 def _configure_plotly():
-    "Under IPython: render figures as plotly's mimetype and as HTML; text progress bars without a warning."
+    "Under IPython: figures as plotly's mimetype and as HTML without plotly.js; text progress bars without a warning."
     import sys, warnings
     if 'IPython' not in sys.modules or sys.modules['IPython'].get_ipython() is None: return
     import plotly.io as pio
-    pio.renderers.default = 'plotly_mimetype+notebook_connected'
+    pio.renderers['html_without_plotlyjs'] = _HtmlWithoutPlotlyJS()
+    pio.renderers.default = 'plotly_mimetype+html_without_plotlyjs'
     warnings.filterwarnings('ignore', message='IProgress not found')  # no ipywidgets: tqdm (diffusers' bars) falls back to text
 
 _configure_plotly()
+
+# %% ../nbs/99_api.ipynb #4ff48055
+from pathlib import Path
+
+def _write_plotlyjs(folder) -> Path:
+    "Write the installed plotly's `plotly.min.js` into `folder`, atomically and only when it differs; its path."
+    from plotly.offline import get_plotlyjs
+    from dti_lens.embeddings import write_text_atomic
+    path, js = Path(folder) / 'plotly.min.js', get_plotlyjs()
+    if not path.exists() or path.read_text(encoding='utf-8') != js: write_text_atomic(path, js)
+    return path
+
+class _PlotlyJSForDocs:
+    "nbdev doc processor (pyproject `doc_procs`): keeps plotly.js beside the processed pages (written when stale)."
+    def __init__(self, nb): self.nb = nb
+    def begin(self):
+        from nbdev.config import get_config
+        _write_plotlyjs(get_config().config_path / '_proc')
+    def __call__(self, cell): pass

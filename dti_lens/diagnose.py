@@ -64,15 +64,30 @@ def angle_figure(d:Diagnosis) -> go.Figure:
     return fig.update_layout(title="Residual angle per block (Lemma 2)", xaxis_title="block", yaxis_title="degrees",
                              xaxis_dtick=1, template="plotly_white", height=360)
 
-def _report(self:Diagnosis) -> str:
-    "An HTML report: the summary, the neighbour tables and the figures."
+def _head(self:Diagnosis) -> str:
+    "The summary and the neighbour tables as HTML."
     rows = lambda kind: "".join(f"<tr><td>{html.escape(str(t))}</td><td>{s:.4g}</td></tr>" for t, s in self.neighbours[kind])
     tables = "".join(f"<table style='display:inline-block;margin-right:2em'><tr><th>{k}</th><th></th></tr>{rows(k)}</table>" for k in ("cosine", "euclidean"))
-    figs = [angle_figure(self)] + ([self.probe.figure] if self.probe else [])
-    plots = "".join(f.to_html(full_html=False, include_plotlyjs="cdn" if i == 0 else False) for i, f in enumerate(figs))
-    return f"<div class='dti-diagnosis'><h3>Learned vector</h3><pre>{html.escape(self.summary())}</pre>{tables}{plots}</div>"
+    return f"<h3>Learned vector</h3><pre>{html.escape(self.summary())}</pre>{tables}"
+
+def _figures(self:Diagnosis) -> list: return [angle_figure(self)] + ([self.probe.figure] if self.probe else [])
+
+def _report(self:Diagnosis,
+            include_plotlyjs=True, # True: plotly.js inside the report (works offline); False: the page loads it already
+           ) -> str:
+    "An HTML report: the summary, the neighbour tables and the figures."
+    plots = "".join(f.to_html(full_html=False, include_plotlyjs=include_plotlyjs if i == 0 else False)
+                    for i, f in enumerate(_figures(self)))
+    return f"<div class='dti-diagnosis'>{_head(self)}{plots}</div>"
+
+def _display(self:Diagnosis):
+    "In a notebook: the summary and tables, then each figure through plotly's renderer (see `99_api`)."
+    from IPython.display import display, HTML
+    display(HTML(_head(self)))
+    for f in _figures(self): f.show()
+
 Diagnosis.html = _report
-Diagnosis._repr_html_ = _report
+Diagnosis._ipython_display_ = _display
 
 # %% ../nbs/07_diagnose.ipynb #92f83a6e
 def _one_piece(tokenizer, words) -> tuple:

@@ -12,5 +12,11 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 .venv/bin/python -m pip install --quiet --upgrade pip
 [ "$TORCH_SPEC" = skip ] || .venv/bin/python -m pip install --quiet "$TORCH_SPEC"
 .venv/bin/python -m pip install --quiet -e ".[dev]"
-.venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+# The notebooks declare the Jupyter kernel `dti_lens`. Registered for the user, any Jupyter (a system JupyterLab,
+# VS Code) finds it and runs this .venv; registered inside .venv as well, the venv's own Jupyter, papermill and
+# tools/refresh_outputs.py use that copy (a venv prefers its own kernels) even after another checkout's set-up
+# re-registers the user's.
+for where in --user --sys-prefix; do
+  .venv/bin/python -m ipykernel install "$where" --name dti_lens --display-name "Python (dti_lens)" >/dev/null
+done
 .venv/bin/dti-lens demo
