@@ -18,7 +18,8 @@ from .probe import position_probe
 from .residual import residual_angles, _check_embedding
 
 # %% auto #0
-__all__ = ['REFERENCE_PROMPTS', 'REFERENCE_WORDS', 'Diagnosis', 'angle_figure', 'diagnose']
+__all__ = ['REFERENCE_PROMPTS', 'REFERENCE_WORDS', 'NORM_RANGE', 'POSITION_KEPT', 'ANGLE_KEPT', 'Diagnosis', 'angle_figure',
+           'diagnose']
 
 # %% ../nbs/07_diagnose.ipynb #a8a3f603
 REFERENCE_PROMPTS = ("a photo of a {}", "a painting of a {} in the snow", "a close up picture of a {} on the table")
@@ -39,6 +40,10 @@ class Diagnosis:
     probe: object # the position probe's `ProbeResult` (accuracy per scale, figure), or None
 
     @property
+    def vocab_position(self) -> float|None:
+        "The probe's accuracy for vocabulary words at their natural scale (s = 1), or None."
+        return self.probe.accuracy.get(1.0) if self.probe else None
+    @property
     def angle(self) -> float: return sum(self.angles["learned"]) / len(self.angles["learned"])
     @property
     def vocab_angle(self) -> float: return sum(self.angles["vocabulary"]) / len(self.angles["vocabulary"])
@@ -54,8 +59,29 @@ def _summary(self:Diagnosis) -> str:
         f"position recoverable after the first norm: {self.position:.2f} (chance {self.chance:.2f})" if self.probe else
         "position probe: not applicable (the encoder has no absolute positions: RoPE or relative bias)",
         f"mean residual angle per block: {self.angle:.2f} deg vs {self.vocab_angle:.2f} deg for vocabulary words ({self.angle / self.vocab_angle:.2f}x)"])
-Diagnosis.summary = _summary
-Diagnosis.__repr__ = _summary
+NORM_RANGE = (1.0, 99.0)  # percentiles of the vocabulary's norms an in-distribution vector falls between
+POSITION_KEPT = 0.5  # share of the vocabulary's own position accuracy (s = 1) that counts as "position kept"
+ANGLE_KEPT = 0.8  # share of the vocabulary words' mean block angle that counts as "blocks still turn it"
+
+def _problems(self:Diagnosis) -> list[str]:
+    "What is out of the vocabulary's range, one short phrase each (DTI Sec. 2.2: norm, position, residual angles)."
+    out = []
+    lo, hi = NORM_RANGE
+    if not lo <= self.percentile <= hi: out.append(f"norm {self.norm / self.m_star:.2f} x m* (percentile {self.percentile:.0f})")
+    if self.probe and self.position < POSITION_KEPT * self.vocab_position:
+        out.append(f"position lost ({self.position:.2f} vs {self.vocab_position:.2f} for words, chance {self.chance:.2f})")
+    if self.angle < ANGLE_KEPT * self.vocab_angle: out.append(f"residual stagnation ({self.angle / self.vocab_angle:.2f} x words' angles)")
+    return out
+
+def _verdict(self:Diagnosis) -> str:
+    "One line: in distribution, or what is wrong and what to try."
+    bad = _problems(self)
+    if not bad: return f"in distribution: norm {self.norm / self.m_star:.2f} x m*, position and residual angles like vocabulary words'"
+    return "out of distribution: " + "; ".join(bad) + " (try TEA: `dti-lens adjust --auto`)"
+
+Diagnosis.summary = lambda self: _summary(self) + "\nverdict: " + _verdict(self)
+Diagnosis.__repr__ = Diagnosis.summary
+Diagnosis.verdict = property(_verdict)
 
 # %% ../nbs/07_diagnose.ipynb #1af61569
 def angle_figure(d:Diagnosis) -> go.Figure:
@@ -94,6 +120,10 @@ def _one_piece(tokenizer, words) -> tuple:
     "The words that are one piece of `tokenizer` inside a prompt."
     return tuple(w for w in words if len(word_pieces(TextEncoder("the text encoder", tokenizer, None), w, arg="word")) == 1)
 
+def _added_rows(text_encoder, tokenizer) -> range:
+    "Rows past the tokenizer's own vocabulary: placeholders (the learned token itself among them), never neighbours."
+    return range(tokenizer.vocab_size, anatomy(text_encoder).tokens.weight.shape[0])
+
 def _mean_blocks(rs) -> list: return torch.tensor([r.per_block[1] for r in rs]).mean(0).tolist()
 
 def diagnose(vector, # the learned vector (d,), in the token table's units
@@ -115,6 +145,6 @@ def diagnose(vector, # the learned vector (d,), in the token table's units
     learned = [residual_angles(text_encoder, tokenizer, p.format(words[0]), words[0], embedding=vector) for p in prompts]
     vocab = [residual_angles(text_encoder, tokenizer, p.format(w), w) for p in prompts for w in words]
     return Diagnosis(float(vector.norm()), norm_stats(text_encoder, tokenizer).mean, norm_percentile(text_encoder, vector, tokenizer),
-                     token_neighbours(text_encoder, tokenizer, vector, k=k),
+                     token_neighbours(text_encoder, tokenizer, vector, k=k, exclude=_added_rows(text_encoder, tokenizer)),
                      probe.learned["learned"] if probe else None, probe.chance if probe else None,
                      {"learned": _mean_blocks(learned), "vocabulary": _mean_blocks(vocab)}, prompts, words, probe)

@@ -179,16 +179,17 @@ def token_neighbours(model:torch.nn.Module, # a text encoder
                      query, # a one-piece word, or a vector (d,)
                      k:int=10, # neighbours per metric
                      exclude_self:bool=True, # leave a word's own row out
+                     exclude=(), # more row ids to leave out (e.g. a learned token's own rows)
                     ) -> dict: # {'cosine': [(token, similarity)] descending, 'euclidean': [(token, distance)] ascending}
     "The k nearest tokens to `query` by cosine similarity and by Euclidean distance (DTI Table 1)."
     w = vocab_table(model)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < w.shape[0]: raise ValueError(f"k must be an int in [1, {w.shape[0] - 1}]; got {k!r}")
     q, own = _query(model, tokenizer, query)
-    drop = own if exclude_self else None
+    drop = set(exclude) | ({own} if exclude_self and own is not None else set())
     out = {}
     for metric in METRICS:
-        nb = nearest(q, w, k + (drop is not None), metric)
-        pairs = [(i, s) for i, s in zip(nb.indices.tolist(), nb.scores.tolist()) if i != drop][:k]
+        nb = nearest(q, w, min(k + len(drop), w.shape[0]), metric)
+        pairs = [(i, s) for i, s in zip(nb.indices.tolist(), nb.scores.tolist()) if i not in drop][:k]
         out[metric] = list(zip(token_strings(tokenizer, [i for i, _ in pairs]), [s for _, s in pairs]))
     return out
 
