@@ -1,4 +1,4 @@
-"""Structurally faithful SD 1.x, SD 2.x, SDXL and SANA pipelines, built from configs, saved to a folder and loaded back.
+"""Structurally faithful SD 1.x, SD 2.x, SDXL, SANA, Wan2.1-T2V and Flux.1 pipelines, built from configs, saved to a folder and loaded back.
 
 Docs: https://dti-lens.github.io/dti_lens/zoo.html.md"""
 
@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['WORDS', 'ZOO_VERSION', 'BUILDERS', 'REAL_IDS', 'clip_tokenizer', 'gemma_tokenizer', 'save_tiny', 'tiny_pipeline']
+__all__ = ['WORDS', 'ZOO_VERSION', 'BUILDERS', 'NEW_FAMILIES', 'REAL_IDS', 'clip_tokenizer', 'gemma_tokenizer', 't5_tokenizer',
+           'save_tiny', 'tiny_pipeline']
 
 # %% ../nbs/02_zoo.ipynb #6a6ef288
 WORDS = tuple("""a an the of in on at with and by for from to is its photo rendering cropped clean dirty dark
@@ -67,6 +68,18 @@ def gemma_tokenizer(words=WORDS):
     vocab, merges = _bpe([p + w for w in words for p in ("", "▁")], alphabet)
     return GemmaTokenizer(vocab=vocab, merges=merges, model_max_length=300, add_bos_token=True)
 
+# %% ../nbs/02_zoo.ipynb #cc0f9fb8
+def t5_tokenizer(words=WORDS, # words that become single pieces
+                 max_length:int=512, # `model_max_length`: Wan and Flux pad T5 prompts to 512
+                ):
+    "An offline T5/UMT5 Unigram tokenizer over `words`: `▁` word starts, `<pad>` 0, `</s>` 1 appended, no BOS."
+    from transformers import T5Tokenizer
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -4.0)]
+    vocab += [(chr(c), -8.0) for c in range(128) if c != 32]  # every ASCII character (space is ▁): no <unk>
+    have = {p for p, _ in vocab}
+    vocab += [(p, -2.0) for p in dict.fromkeys(p for w in words for p in ("▁" + w, w)) if p not in have]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=max_length)
+
 # %% ../nbs/02_zoo.ipynb #a6778994
 def _set_row_norms(emb:torch.nn.Embedding, mean:float, std:float, gen):
     "Give each row of a token table a random direction and a norm drawn from N(mean, std)."
@@ -99,13 +112,27 @@ def _gemma(tokenizer, hidden:int, gen):
     _set_row_norms(model.get_input_embeddings(), 1.77, 0.35, gen)
     return model
 
+# %% ../nbs/02_zoo.ipynb #c29cd08d
+def _t5(tokenizer, hidden:int, gen, umt5=False):
+    "A tiny T5 v1.1 (Flux) or UMT5 (Wan) encoder whose token rows have norms around sqrt(hidden)."
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
+    config, model = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
+    cfg = config(vocab_size=len(tokenizer), d_model=hidden, d_kv=8, num_heads=hidden // 8, d_ff=2 * hidden,
+                 num_layers=2, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                 decoder_start_token_id=tokenizer.pad_token_id)
+    model = model(cfg)
+    _set_row_norms(model.get_input_embeddings(), hidden ** 0.5, 0.1 * hidden ** 0.5, gen)
+    return model
+
 # %% ../nbs/02_zoo.ipynb #eb6fb528
-def _vae(scaling_factor:float):
+def _vae(scaling_factor:float, latent_channels:int=4, **kwargs):
     "A tiny AutoencoderKL with the real 8x latent factor (four blocks)."
     from diffusers import AutoencoderKL
     return AutoencoderKL(block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=1,
-                         norm_num_groups=8, sample_size=64, scaling_factor=scaling_factor)
+                         up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=latent_channels,
+                         layers_per_block=1, norm_num_groups=8, sample_size=64, scaling_factor=scaling_factor,
+                         **kwargs)
 
 # %% ../nbs/02_zoo.ipynb #36ee47d1
 def _unet(cross:int, sdxl=False, v2=False, pooled:int=0):
@@ -162,11 +189,50 @@ def _sana(gen):
     sched = DPMSolverMultistepScheduler(flow_shift=3.0, use_flow_sigmas=True, prediction_type="flow_prediction")
     return SanaPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=dit, scheduler=sched)
 
+# %% ../nbs/02_zoo.ipynb #2ec14d53
+def _wan(gen):
+    "Tiny Wan2.1-T2V: UMT5 encoder, causal 3-D VAE (4x time, 8x space), 3-D DiT, flow-matching UniPC."
+    from diffusers import WanPipeline, WanTransformer3DModel, AutoencoderKLWan, UniPCMultistepScheduler
+    tok = t5_tokenizer()
+    te = _t5(tok, 32, gen, umt5=True)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[],
+                           temperal_downsample=[False, True, True])  # latents_mean/std: the real defaults
+    dit = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16,
+                                in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=64,
+                                num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6)
+    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return WanPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=dit, scheduler=sched)
+
+# %% ../nbs/02_zoo.ipynb #a0028773
+def _flux(gen):
+    "Tiny FLUX.1-dev: CLIP (pooled) and T5 encoders, 16-channel VAE, guidance-distilled MMDiT, shifted flow."
+    from diffusers import FluxPipeline, FluxTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    tok, tok2 = clip_tokenizer(), t5_tokenizer()
+    te, te2 = _clip(tok, 32, gen), _t5(tok2, 40, gen)
+    vae = _vae(0.3611, latent_channels=16, shift_factor=0.1159, use_quant_conv=False,
+               use_post_quant_conv=False)
+    dit = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=2,
+                                 attention_head_dim=16, num_attention_heads=2, joint_attention_dim=40,
+                                 pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6))
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                                            max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxPipeline(scheduler=sched, vae=vae, text_encoder=te, tokenizer=tok, text_encoder_2=te2,
+                        tokenizer_2=tok2, transformer=dit)
+
 # %% ../nbs/02_zoo.ipynb #6f816319
 ZOO_VERSION = 2  # bump when a builder changes, so cached folders are rebuilt
 BUILDERS = dict(sd15=_sd, sd21=lambda gen: _sd(gen, v2=True), sdxl=_sdxl, sana=_sana)
+NEW_FAMILIES = dict(wan=_wan, flux=_flux)  # kept out of BUILDERS until the trainer has adapters for them
 REAL_IDS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd21": "stabilityai/stable-diffusion-2-1",
-            "sdxl": "stabilityai/stable-diffusion-xl-base-1.0", "sana": "Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers"}
+            "sdxl": "stabilityai/stable-diffusion-xl-base-1.0", "sana": "Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers",
+            "wan": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "flux": "black-forest-labs/FLUX.1-dev"}
+
+# %% ../nbs/02_zoo.ipynb #436ac019
+def _builder(kind:str):
+    "The builder of `kind`, from `BUILDERS` or `NEW_FAMILIES`."
+    kinds = BUILDERS | NEW_FAMILIES
+    if kind not in kinds: raise ValueError(f"kind must be one of {sorted(kinds)}; got {kind!r}")
+    return kinds[kind]
 
 # %% ../nbs/02_zoo.ipynb #6df74334
 @contextmanager
@@ -183,16 +249,15 @@ def _quiet():
             if bar: m.enable_progress_bar()
 
 # %% ../nbs/02_zoo.ipynb #fdd3b1a6
-def save_tiny(kind:str, # one of `BUILDERS`: "sd15", "sd21", "sdxl", "sana"
+def save_tiny(kind:str, # a kind of `BUILDERS` or `NEW_FAMILIES`
               folder, # where the pipeline folder is written
               seed:int=0, # seed of every random weight
              ) -> Path:
     "Build a tiny pipeline of `kind` from configs and `save_pretrained` it to `folder`."
-    if kind not in BUILDERS: raise ValueError(f"kind must be one of {sorted(BUILDERS)}; got {kind!r}")
-    gen = torch.Generator().manual_seed(seed)
+    build, gen = _builder(kind), torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(), _quiet():
         torch.manual_seed(seed)
-        pipe = BUILDERS[kind](gen)
+        pipe = build(gen)
         tmp = Path(tempfile.mkdtemp(dir=Path(folder).parent, prefix=f".{Path(folder).name}-"))
         pipe.save_pretrained(tmp)
     os.replace(tmp, folder)
@@ -204,7 +269,7 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("DTI_LENS_CACHE", Path.home() / ".cache" / "dti_lens"))
 
 # %% ../nbs/02_zoo.ipynb #956a4ef3
-def tiny_pipeline(kind:str, # "sd15", "sd21", "sdxl" or "sana"
+def tiny_pipeline(kind:str, # "sd15", "sd21", "sdxl", "sana" (`BUILDERS`), "wan" or "flux" (`NEW_FAMILIES`)
                   seed:int=0, # seed of the weights
                   folder=None, # save here instead of the cache
                   **kwargs, # passed to `from_pretrained` (e.g. torch_dtype)
@@ -216,7 +281,7 @@ def tiny_pipeline(kind:str, # "sd15", "sd21", "sdxl" or "sana"
         tag = hashlib.sha1(f"{ZOO_VERSION} {diffusers.__version__} {transformers.__version__} {torch.__version__}".encode()).hexdigest()[:8]
         folder = _cache_dir() / "zoo" / f"{kind}-{seed}-{tag}"
     folder = Path(folder)
-    if kind not in BUILDERS: raise ValueError(f"kind must be one of {sorted(BUILDERS)}; got {kind!r}")
+    _builder(kind)  # an unknown kind fails before any folder is made
     if not (folder / "model_index.json").exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
         save_tiny(kind, folder, seed)
