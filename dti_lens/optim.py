@@ -14,19 +14,21 @@ __all__ = ['DirectionalSGD']
 # %% ../nbs/10_optim.ipynb #133f7337
 def _check_rows(p, mu):
     "Validate a parameter of unit rows (n, d) and its prior directions."
-    if p.ndim != 2 or not p.is_floating_point(): raise ValueError(f"params must be float matrices of unit rows (n, d); got {tuple(p.shape)} {p.dtype}")
+    if p.ndim != 2 or not p.is_floating_point():
+        raise ValueError(f"params must be float matrices of unit rows (n, d); got {tuple(p.shape)} {p.dtype}")
     if ((torch.linalg.vector_norm(p.detach().double(), dim=1) - 1).abs() > 1e-3).any():
         raise ValueError("params must hold unit directions as rows; normalise them first")
-    if mu is not None and mu.shape != p.shape: raise ValueError(f"mu must have the shape of its parameter {tuple(p.shape)}; got {tuple(mu.shape)}")
+    if mu is not None and mu.shape != p.shape:
+        raise ValueError(f"mu must have the shape of its parameter {tuple(p.shape)}; got {tuple(mu.shape)}")
 
 # %% ../nbs/10_optim.ipynb #7810ec27
 class DirectionalSGD(torch.optim.Optimizer):
-    "Riemannian SGD on the unit sphere with a vMF prior (DTI Algorithm 1); rows of each parameter are directions."
+    "Riemannian SGD on the unit sphere with a vMF prior (DTI Algorithm 1); each parameter row is a direction."
     def __init__(self,
                  params, # tensors of unit rows (n, d), or param groups
                  lr:float, # step size: each step turns a row by atan(lr)
                  kappa:float=0.0, # vMF prior strength
-                 mu:torch.Tensor|None=None, # prior directions, the shape of the (single) parameter; per group in groups
+                 mu:torch.Tensor|None=None, # prior directions, shaped like the one parameter (or per group)
                  beta:float=0.0, # EMA factor for the squared gradient norm (0: plain normalisation)
                 ):
         if not lr > 0: raise ValueError(f"lr must be > 0; got {lr}")
@@ -35,7 +37,8 @@ class DirectionalSGD(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, kappa=kappa, mu=mu, beta=beta))
         for group in self.param_groups:
             if group['mu'] is not None and len(group['params']) != 1:
-                raise ValueError("mu belongs to one parameter: give each parameter its own group with its own mu")
+                raise ValueError("mu belongs to one parameter: "
+                                 "give each parameter its own group with its own mu")
             for p in group['params']: _check_rows(p, group['mu'])
 
     @property
@@ -48,7 +51,7 @@ class DirectionalSGD(torch.optim.Optimizer):
 def _direction(self:DirectionalSGD, p, g, group):
     "The unit-free step direction for each row, and which rows may move."
     if group['kappa'] and group['mu'] is not None: g = g - group['kappa'] * group['mu'].to(g)
-    g = g - (g * p).sum(-1, keepdim=True) * p
+    g = g - (g * p).sum(-1, keepdim=True) * p   # sphere.project_tangent(p, g) on unit rows, unchecked
     sq = g.pow(2).sum(-1, keepdim=True)
     ok = torch.isfinite(sq) & (sq > 0)
     if not group['beta']: return g / sq.sqrt(), ok
@@ -68,7 +71,7 @@ def _step(self:DirectionalSGD, closure=None):
         for p in group['params']:
             if p.grad is None: continue
             d, ok = self._direction(p, p.grad.to(p.dtype), group)
-            new = p - group['lr'] * torch.where(ok, d, 0)
+            new = p - group['lr'] * torch.where(ok, d, 0)   # sphere.retract(p, -lr * d), unchecked
             p.copy_(torch.where(ok, new / torch.linalg.vector_norm(new, dim=-1, keepdim=True), p))
             state = self.state[p]   # counted on the device: no host sync in the training loop
             state['skipped'] = state.get('skipped', 0) + (~ok).sum()
