@@ -14,6 +14,7 @@ from .sphere import *
 from .vmf import *
 from .zoo import *
 from .encoders import *
+from .pipelines import *
 from .geometry import *
 from .probe import *
 from .residual import *

@@ -6,54 +6,32 @@ Docs: https://dti-lens.github.io/dti_lens/cli.html.md"""
 
 # %% ../nbs/90_cli.ipynb #c86356cd
 from __future__ import annotations
-import argparse, base64, html, io, sys
+import argparse, html, io, math, os, re, sys, warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .embeddings import write_text_atomic
-from .vmf import VMFMixture, fit_vmf_mixture, match_components, mixture_figure, random_mixture
-from .zoo import tiny_pipeline, BUILDERS
-from .data import synthetic_subject
-from .train import train_dti, train_many, norm_figure, METHODS
-from .diagnose import diagnose, angle_figure
-from .encoders import text_encoders
-from .embeddings import read_embeddings, write_like
-from .tea import tea_adjust, anchor_vector, auto_tea
+import dti_lens
+from . import __version__
+from .embeddings import write_text_atomic, read_embeddings, embedding_files, _encoder_name
+from .vmf import fit_vmf_mixture, match_components, mixture_figure, random_mixture
+from .zoo import BUILDERS
+from .data import synthetic_subject, load_dreambooth
+from .train import (train_dti, train_many, load_pipeline, check_device, check_run_folder, METHODS,
+                            RUN_FILES)
+from .diagnose import diagnose
+from .encoders import text_encoders, MAGNITUDES
+from .tea import adjust_file, _adjust_jobs
+from .report import (training_report, diagnosis_report, diagnosis_html, html_page, section, note, write_report,
+                             DIAGNOSIS_GUIDE)
 
 # %% auto #0
-__all__ = ['DEMO_PROMPTS', 'pipeline', 'training_report', 'norm_table', 'demo', 'adjust_file', 'synthetic_vocabulary', 'vmf_demo',
-           'parser', 'main']
-
-# %% ../nbs/90_cli.ipynb #1c7d97f6
-def pipeline(model:str):
-    "A zoo pipeline for 'tiny:<kind>', else the model id or folder itself (train_dti loads it)."
-    if isinstance(model, str) and model.startswith("tiny:"): return tiny_pipeline(model.removeprefix("tiny:"))
-    return model
-
-# %% ../nbs/90_cli.ipynb #ed3f58a5
-def _png(img) -> str:
-    "An <img> tag holding a PIL image as an inline PNG."
-    buf = io.BytesIO(); img.save(buf, format="PNG")
-    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" width="128">'
-
-def _diagnosis_html(d) -> str:
-    "A `Diagnosis` as HTML without its own copy of plotly.js."
-    figs = [angle_figure(d)] + ([d.probe.figure] if d.probe else [])
-    return f"<pre>{html.escape(d.summary())}</pre>" + "".join(f.to_html(full_html=False, include_plotlyjs=False) for f in figs)
-
-def training_report(results:dict, # label -> TrainResult
-                    images:list, # the training images
-                    diagnoses:dict|None=None, # label -> `Diagnosis` of the run's first learned row
-                   ) -> str:
-    "An HTML report: the norm trajectories (plotly) and, per run, the sample images and the lens diagnosis."
-    diag = lambda label: _diagnosis_html(diagnoses[label]) if diagnoses and label in diagnoses else ""
-    rows = [f"<h2>{label}</h2><p>{' '.join(_png(im) for _, ims in r.samples[-1:] for im in ims)}</p>{diag(label)}" for label, r in results.items()]
-    fig = norm_figure(results).to_html(include_plotlyjs=True, full_html=False)
-    return (f"<html><head><meta charset='utf-8'><title>dti_lens training report</title></head><body>"
-            f"<h1>dti_lens training report</h1><h2>Training images</h2><p>{' '.join(_png(im) for im in images)}</p>"
-            f"{fig}{''.join(rows)}</body></html>")
+__all__ = ['DEMO_PROMPTS', 'LIBRARIES', 'DREAMBOOTH_HELP', 'norm_table', 'diagnosis_text', 'demo', 'embedding_sources',
+           'diagnose_file', 'diagnosis_page', 'synthetic_vocabulary', 'vmf_demo', 'commands', 'int_at_least', 'number',
+           'magnitude', 'prompt', 'flag_names', 'cli_message', 'one_line_warnings', 'library_logs', 'checkpoint_step',
+           'interrupted_message', 'parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #6dfce2d1
 DEMO_PROMPTS = ("a photo of a {}", "a {} on the beach", "a watercolor painting of a {} in the snow")
@@ -67,55 +45,90 @@ def norm_table(results:dict) -> str:
             lines.append(f"{label:<8} {name:<15} {m:>7.4f} {n[0]:>10.4f} {n[-1]:>9.4f} {n[-1] / m:>7.3f}")
     return "\n".join(lines)
 
+def diagnosis_text(d) -> str:
+    "A `Diagnosis`'s summary and its one-line verdict (when the lens gives one), the verdict once."
+    s, v = d.summary(), getattr(d, "verdict", None)
+    v = v() if callable(v) else v
+    return s + (f"\nverdict: {v}" if v and v not in s else "")
+
 # %% ../nbs/90_cli.ipynb #5665284f
-def demo(out:str="demo_output", # folder for the report and each run's files
+def demo(out:str="demo_output", # folder for the report and each run's files (OUT/dti, OUT/ti are replaced)
          steps:int=150, # optimisation steps per method
          model:str="tiny:sd15", # the pipeline ('tiny:<kind>', a model id or folder)
          seed:int=0,
          progress:bool=True, # show tqdm bars
-        ) -> dict: # label -> TrainResult, and the report's path
-    "Train DTI and TI on a synthetic subject; print norms against m* and each token's diagnosis; write an HTML report."
+        ) -> dict: # label -> TrainResult, the diagnoses, and the report's path
+    "Train DTI and TI on a synthetic subject; print norms against m* and each diagnosis; write an HTML report."
     images, results, diagnoses = synthetic_subject(6, 64, seed), {}, {}
     for method in ("dti", "ti"):
-        pipe = pipeline(model)
+        pipe = load_pipeline(model)  # a fresh pipeline per method: each learns its own <disc>
         results[method] = r = train_dti(pipe, images, "<disc>", "toy", method=method, steps=steps, seed=seed,
-                                        output_dir=Path(out) / method, checkpoint_every=steps, validation_prompts=list(DEMO_PROMPTS),
-                                        progress=progress)
-        if not isinstance(pipe, str):
-            diagnoses[method] = diagnose(r.embeddings["text_encoder"][0], pipe.text_encoder, pipe.tokenizer, probe_kw=dict(steps=300, n_tokens=512))
+                                        output_dir=Path(out) / method, overwrite=True, checkpoint_every=steps,
+                                        validation_prompts=list(DEMO_PROMPTS), progress=progress)
+        diagnoses[method] = diagnose(r.embeddings["text_encoder"][0], pipe.text_encoder, pipe.tokenizer,
+                                     probe_kw=dict(steps=300, n_tokens=512))
     print(norm_table(results))
-    for method, d in diagnoses.items(): print(f"\n{method}:\n{d.summary()}")
-    path = write_text_atomic(Path(out) / "report.html", training_report(results, images, diagnoses))
+    for method, d in diagnoses.items(): print(f"\n{method}:\n{diagnosis_text(d)}")
+    page = training_report(results, images, diagnoses, model=model, prompts=DEMO_PROMPTS)
+    path = write_report(Path(out) / "report.html", page)
     print(f"report written to {path}")
     return dict(results=results, diagnoses=diagnoses, report=Path(path))
 
 # %% ../nbs/90_cli.ipynb #aeda2124
-def _encoder_for(slot, rows, encs:dict):
-    "The encoder a file's rows belong to: its own slot, else the one of matching width."
-    name = slot if slot is not None else next((k for k, e in encs.items() if e.width == rows.shape[1]), None)
-    if name is None or name not in encs or encs[name].width != rows.shape[1]:
-        raise ValueError(f"rows of width {rows.shape[1]} fit none of the model's encoders {({k: e.width for k, e in encs.items()})}")
-    return encs[name]
+def _adjusted_lines(jobs:list, used:dict, folder:bool) -> list[str]:
+    "One line per written file: its path and the alpha and beta of each encoder."
+    lines = []
+    for emb, dst in jobs:
+        mine = {k.rsplit(":", 1)[1]: v for k, v in used.items() if k.rsplit(":", 1)[0] == emb.path.name}
+        each = "; ".join(f"{k} alpha {a:.4g}, beta {b:.4g}" for k, (a, b) in (mine if folder else used).items())
+        lines.append(f"wrote {dst}: {each}")
+    return lines
 
-def adjust_file(src, # an embedding file (diffusers, A1111 .pt, SDXL single file, emb_params)
-                out, # where the adjusted file goes (same format)
-                pipe, # the pipeline the embedding belongs to (for the anchor rows)
-                anchor:str, # the anchor word
-                alpha:float|None=0.2, # slerp factor toward the anchor (ignored with auto)
-                beta:float=1.0, # target norm, in units of |anchor|
-                auto:bool=False, # choose alpha and beta with `auto_tea`
-               ) -> dict: # per slot: the alpha and beta used
-    "TEA on every encoder's rows of an embedding file, written back in the file's own format."
-    emb, encs, new, used = read_embeddings(src), text_encoders(pipe), {}, {}
-    for slot, rows in emb.vectors.items():
-        enc = _encoder_for(slot, rows, encs)
-        if auto:
-            a = auto_tea(enc, rows, anchor, steps=300, n_tokens=512)
-            new[slot], used[enc.name] = a.rows.float(), (a.alpha, a.beta)
-        else:
-            new[slot], used[enc.name] = tea_adjust(rows.double(), anchor_vector(enc, anchor), alpha, beta).float(), (alpha, beta)
-    write_like(emb, out, new)
-    return used
+# %% ../nbs/90_cli.ipynb #c2a4d1e7
+def embedding_sources(path) -> list:
+    "The embedding files of `path`: the file itself, or every embedding file of a folder."
+    path = Path(path)
+    if not path.exists(): raise ValueError(f"FILE {str(path)!r}: no such file or folder")
+    return embedding_files(path) if path.is_dir() else [read_embeddings(path)]
+
+def _rows_by_encoder(files:list, widths:dict) -> list[tuple]:
+    "[(file, encoder name, rows)] per distinct set of rows: the file's slot names the encoder, else the width."
+    seen, out = set(), []
+    for emb in files:
+        slots = dict(emb.vectors)
+        if {"text_encoder", "text_encoder_2"} <= slots.keys() and "text_encoder_2" not in widths:
+            del slots["text_encoder_2"]  # an SDXL file on a one-encoder model: clip_l only, as load_embeddings
+            warnings.warn(f"{emb.path.name}: the model has no text_encoder_2; its clip_g rows are not diagnosed")
+        for slot, rows in slots.items():
+            name = _encoder_name(emb, slot, rows.shape[1], widths)
+            if (key := (name, rows.numpy().tobytes())) not in seen: seen.add(key); out.append((emb, name, rows))
+    return out
+
+# %% ../nbs/90_cli.ipynb #d3b5e2f8
+def diagnose_file(path, # an embedding file of any format `read_embeddings` reads, or a folder of them
+                  pipe, # the pipeline the embedding was learned for (only its text encoders are read)
+                  every:bool=False, # every vector of a multi-vector token, not only the first
+                  probe_kw:dict|None=None, # passed to `position_probe` (e.g. steps)
+                 ) -> list[tuple[str, object]]: # (label, Diagnosis) per diagnosed vector
+    "`diagnose` on the vectors of an embedding file or folder, each with its own encoder; the model is unchanged."
+    encs = text_encoders(pipe)
+    plan = _rows_by_encoder(embedding_sources(path), {k: e.width for k, e in encs.items()})
+    out = []
+    for emb, name, rows in plan:
+        e, who = encs[name], f"{emb.path.name}, {name}" + (f", token {emb.token!r}" if emb.token else "")
+        for i in range(len(rows) if every else 1):
+            d = diagnose(rows[i], e.model, e.tokenizer, probe_kw=probe_kw)
+            out.append((f"{who}, vector {i + 1} of {len(rows)}", d))
+    return out
+
+def diagnosis_page(found:list, # (label, Diagnosis) from `diagnose_file`
+                   source:str, # what was diagnosed, e.g. the file's path
+                  ) -> str:
+    "The page of `diagnose_file`'s result: `diagnosis_report` for one vector, a section per vector otherwise."
+    title = f"dti_lens diagnosis: {Path(source).name}"
+    if len(found) == 1: return diagnosis_report(found[0][1], title=title, source=f"{source}: {found[0][0]}")
+    lead = note(DIAGNOSIS_GUIDE) + f"<p>file: <code>{html.escape(str(source))}</code></p>"
+    return html_page(title, [section(label, diagnosis_html(d, k=10)) for label, d in found], lead)
 
 # %% ../nbs/90_cli.ipynb #8b4b361b
 def synthetic_vocabulary(n:int=6000, # rows
@@ -148,97 +161,348 @@ def vmf_demo(out:str='demo_output', # folder for the HTML figure
     print(f"figure written to {path}")
     return dict(true=truth.kappas.tolist(), fitted=fit.kappas[order].tolist(), figure=str(path))
 
-# %% ../nbs/90_cli.ipynb #17ca339f
-def _magnitude(s:str):
-    "'mean' | 'max' | 'min' or a float."
-    try: return float(s)
-    except ValueError: return s
+# %% ../nbs/90_cli.ipynb #1b2c3d4e
+def _fail(prog:str, message) -> None:
+    "Print `<prog>: error: <message>` as one line on stderr and exit with 2 (a usage error)."
+    print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise SystemExit(2)
 
+class _Parser(argparse.ArgumentParser):
+    "argparse whose errors are one line, `dti-lens <command>: error: <message>`, without the usage dump."
+    def error(self, message):
+        if message.endswith("required: COMMAND"):
+            message = f"give a command: {', '.join(commands(self))} (dti-lens --help)"
+        _fail(self.prog, message)
+
+def commands(p:argparse.ArgumentParser) -> dict:
+    "The subcommand parsers of `p`, by name."
+    return next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+# %% ../nbs/90_cli.ipynb #2c3d4e5f
+def _parsed(s:str, kind):
+    try: return kind(s)
+    except ValueError: return None
+
+def int_at_least(lo:int):
+    "An argparse type: an int >= `lo`."
+    def parse(s):
+        x = _parsed(s, int)
+        if x is None or x < lo: raise argparse.ArgumentTypeError(f"must be an int >= {lo}; got {s!r}")
+        return x
+    return parse
+
+def number(lo:float, hi:float|None=None, lo_open:bool=False, hi_open:bool=False):
+    "An argparse type: a finite float in the interval from `lo` to `hi` (None: unbounded), ends open or closed."
+    allowed = (f"> {lo:g}" if lo_open else f">= {lo:g}") if hi is None else \
+              f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    def parse(s):
+        x = _parsed(s, float)
+        ok = x is not None and math.isfinite(x) and (x > lo if lo_open else x >= lo) and \
+             (hi is None or (x < hi if hi_open else x <= hi))
+        if not ok: raise argparse.ArgumentTypeError(f"must be a number {allowed}; got {s!r}")
+        return x
+    return parse
+
+def magnitude(s:str):
+    "An argparse type: m* as one of `MAGNITUDES` or a positive number."
+    if s in MAGNITUDES: return s
+    try: return number(0, lo_open=True)(s)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be {', '.join(MAGNITUDES)} or a number > 0; got {s!r}") from None
+
+def prompt(s:str) -> str:
+    "An argparse type: a prompt with one '{}' where the token goes."
+    if s.count("{}") != 1:
+        raise argparse.ArgumentTypeError(f"must hold '{{}}' once, where the token goes (e.g. 'a photo of a {{}}'); "
+                                         f"got {s!r}")
+    return s
+
+# %% ../nbs/90_cli.ipynb #5f6a7b8c
+_ALIASES = dict(validation_prompts="validation_prompt", pipe="model", path="out")  # API name -> parser dest
+
+def flag_names(sp:argparse.ArgumentParser) -> dict:
+    "Python argument name -> how the command spells it: '--output-dir', or 'SRC' for a positional."
+    out = {a.dest: max(a.option_strings, key=len) if a.option_strings else (a.metavar or a.dest.upper())
+           for a in sp._actions if a.dest not in ("help", "version")}
+    return out | {alias: out[k] for alias, k in _ALIASES.items() if k in out}
+
+def cli_message(message, # an error or warning from the library
+                names:dict, # `flag_names` of the command
+               ) -> str:
+    "`message` as one line, with the library's argument names as the command's flags."
+    msg, flag = " ".join(str(message).split()), lambda m: names.get(m[1], m[0])
+    msg = re.sub(r"^(\w+)(?=[ :]|$)", flag, msg)
+    msg = re.sub(r"\b(\w+)=True\b", flag, msg)
+    value = lambda m: names[m[1]] + (" " if m[2] == "=" else m[2]) if m[1] in names else m[0]
+    msg = re.sub(r"\b(\w+)(=| >= )(?=\S)", value, msg)
+    return re.sub(r"\b[a-z]+(?:_[a-z]+)+\b", lambda m: names.get(m[0], m[0]), msg)
+
+# %% ../nbs/90_cli.ipynb #8c9d0e1f
+_PACKAGE = Path(dti_lens.__file__).resolve().parent
+
+@contextmanager
+def one_line_warnings(prefix:str="dti-lens"):
+    "Inside: every warning is one stderr line `<prefix>: warning: <message>`, each text once; restored on exit."
+    shown, before = set(), warnings.showwarning
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if not Path(filename).resolve().is_relative_to(_PACKAGE):
+            text += f" ({category.__name__}, {Path(filename).name})"
+        if text not in shown: shown.add(text); print(f"{prefix}: warning: {text}", file=file or sys.stderr)
+    warnings.showwarning = show
+    try: yield
+    finally: warnings.showwarning = before
+
+# %% ../nbs/90_cli.ipynb #2b3c4d5f
+LIBRARIES = ("diffusers", "transformers", "huggingface_hub")  # whose log records `library_logs` keeps
+
+@contextmanager
+def library_logs():
+    "Inside: warnings `LIBRARIES` log are kept as one-line texts in the yielded list, not printed; restored on exit."
+    import logging
+    for mod in ("diffusers.utils.logging", "transformers.utils.logging", "huggingface_hub.utils.logging"):
+        __import__(mod, fromlist=["get_logger"]).get_logger(mod.split(".")[0])  # the library's handler exists now
+    kept, loggers = [], {n: logging.getLogger(n) for n in LIBRARIES}
+    class Keep(logging.Handler):
+        def emit(self, record): kept.append(f"{record.name.split('.')[0]}: {' '.join(record.getMessage().split())}")
+    keep, saved = Keep(logging.WARNING), {n: (lg.handlers[:], lg.propagate) for n, lg in loggers.items()}
+    for lg in loggers.values(): lg.handlers[:], lg.propagate = [keep], False
+    try: yield kept
+    finally:
+        for n, lg in loggers.items(): lg.handlers[:], lg.propagate = saved[n]
+
+def _say(kept:list) -> None:
+    "Print the kept library warnings, each once, as `dti-lens: warning: ...` lines."
+    for text in dict.fromkeys(kept): print(f"dti-lens: warning: {text}", file=sys.stderr)
+
+# %% ../nbs/90_cli.ipynb #1f2a3b4c
+def checkpoint_step(folder) -> int|None:
+    "The step of `folder`'s checkpoint.pt, or None when there is none (or it cannot be read)."
+    path = Path(folder) / "checkpoint.pt"
+    if not path.is_file(): return None
+    try: return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+    except Exception: return None
+
+def _runs(a) -> list[tuple]:
+    "(subject name or None, output folder) of each run the command trains."
+    if a.command == "train": return [(None, Path(a.output_dir))]
+    try: return [(s.name, Path(a.output_dir) / s.name) for s in load_dreambooth(a.dreambooth_json)]
+    except ValueError: return []
+
+def interrupted_message(a) -> str:
+    "What Ctrl-C stopped, and where `--resume` continues: one line."
+    due = f"due at step {a.checkpoint_every}, --checkpoint-every"
+    steps = [(name, out, checkpoint_step(out)) for name, out in _runs(a)]
+    done = [(n, o, s) for n, o, s in steps if s is not None]
+    if not done:
+        held = any((o / f).exists() for _, o, _ in steps for f in RUN_FILES)
+        again = "start again" + " with --overwrite" * held
+        return f"interrupted before the first checkpoint ({due}): nothing to resume; {again}"
+    if a.command == "train":
+        (_, out, step), = done
+        return f"interrupted: --resume continues from the checkpoint at step {step} ({out / 'checkpoint.pt'})"
+    where = ", ".join(f"{n} from step {s} ({o / 'checkpoint.pt'})" for n, o, s in done)
+    todo = ", ".join(n for n, _, s in steps if s is None)
+    rest = f"; no checkpoint yet for {todo} (the first is {due})" if todo else ""
+    return f"interrupted: --resume continues {where}{rest}"
+
+# %% ../nbs/90_cli.ipynb #17ca339f
 def _training_flags(p):
     "The flags `train` and `train-many` share."
-    p.add_argument("--model", required=True, help="model id, pipeline folder, or tiny:sd15|sd21|sdxl|sana")
-    p.add_argument("--output-dir", required=True, help="where embeddings, log.jsonl, checkpoints and samples go")
-    p.add_argument("--method", default="dti", choices=METHODS)
-    fam = "default: the model family's and method's (README, 'Training')"
-    p.add_argument("--steps", type=int, help=f"optimisation steps ({fam})")
-    p.add_argument("--lr", type=float, help=f"rate; for dti the tangent of each step's angle ({fam})")
-    p.add_argument("--kappa", type=float, help=f"vMF prior strength ({fam})")
-    p.add_argument("--beta", type=float, default=0.0, help="EMA factor of the squared gradient norm (default 0)")
-    p.add_argument("--magnitude", type=_magnitude, default="mean", help="m*: mean, max, min or a float (default mean)")
-    p.add_argument("--batch-size", type=int, help=f"samples per micro-batch ({fam})")
-    p.add_argument("--grad-accum", type=int, help=f"micro-batches per step ({fam})")
-    p.add_argument("--resolution", type=int, help=f"training side in pixels ({fam})")
-    p.add_argument("--crop", choices=("random", "center"), default="random", help="crop of the resized image (default random)")
-    p.add_argument("--crops", type=int, default=4, help="random crops cached per image (default 4; 1 with --crop center)")
+    p.add_argument("--model", required=True,
+                   help="model id, pipeline folder, or tiny:sd15|sd21|sdxl|sana (a tiny zoo pipeline)")
+    p.add_argument("--output-dir", required=True, help="folder for the embeddings, log.jsonl, checkpoint.pt, samples")
+    p.add_argument("--method", default="dti", choices=METHODS, help="dti (default), ti, adamw_sphere or crossinit")
+    p.add_argument("--steps", type=int_at_least(1), help="optimisation steps (default: the family's, 400; SANA 500)")
+    p.add_argument("--lr", type=number(0, lo_open=True), help="learning rate; for dti the tangent of each step's angle "
+                   "(default: 0.04 for dti and adamw_sphere, 0.02 for ti and crossinit)")
+    p.add_argument("--kappa", type=number(0), help="vMF prior strength, dti only (default: 1e-4; SANA 5e-5)")
+    p.add_argument("--beta", type=number(0, 1, hi_open=True), default=0.0,
+                   help="EMA factor of the squared gradient norm, in [0, 1) (default 0.0: plain normalisation)")
+    p.add_argument("--magnitude", type=magnitude, default="mean",
+                   help="m*, the norm dti fixes: mean, max or min of the vocabulary's row norms, or a number "
+                        "(default mean)")
+    p.add_argument("--batch-size", type=int_at_least(1), help="images per micro-batch (default: 4; SANA 2)")
+    p.add_argument("--grad-accum", type=int_at_least(1), help="micro-batches per step (default: 1; SANA 2)")
+    p.add_argument("--resolution", type=int_at_least(1), help="training side in pixels, a multiple of the model's latent "
+                   "factor (default: the model's own; SDXL 768)")
+    p.add_argument("--crop", choices=("random", "center"), default="random",
+                   help="random crops of the resized image (default random, as the reference) or center")
+    p.add_argument("--crops", type=int_at_least(1), default=4,
+                   help="random crops cached per image (default 4; 1 with --crop center)")
     p.add_argument("--flip", action="store_true", help="also train on mirror images (default: no, as the reference)")
-    p.add_argument("--seed", type=int, default=42); p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--resume", action="store_true", help="continue from the output dir's checkpoint")
-    p.add_argument("--validation-prompt", action="append", help="a prompt with {} for the token (repeatable)")
-    p.add_argument("--mixed-precision", choices=("bf16", "no")); p.add_argument("--device")
+    p.add_argument("--seed", type=int, default=42, help="seed of the crops, batches, noise and timesteps (default 42)")
+    p.add_argument("--checkpoint-every", type=int_at_least(1), default=100,
+                   help="steps between checkpoints, OUTPUT_DIR/checkpoint.pt (default 100 steps)")
+    run = p.add_mutually_exclusive_group()
+    run.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its checkpoint")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the run in --output-dir (its embeddings, log, checkpoint, samples)")
+    p.add_argument("--validation-prompt", action="append", type=prompt, help="a prompt with {} where the token goes, "
+                   "sampled after the last step into OUTPUT_DIR/samples (repeatable; default: none)")
+    p.add_argument("--mixed-precision", choices=("bf16", "no"), help="bf16 or no (default: bf16 on CUDA, else no)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when there is one, for a model id or folder; "
+                   "a tiny pipeline stays on cpu)")
 
 def _train_kwargs(a) -> dict:
     "The `train_dti` arguments of the parsed training flags."
-    keys = ("method", "steps", "lr", "kappa", "beta", "magnitude", "batch_size", "grad_accum", "resolution", "crop", "crops",
-            "flip", "seed", "checkpoint_every", "resume", "mixed_precision", "device")
-    return {k: getattr(a, k) for k in keys} | dict(validation_prompts=a.validation_prompt, progress=sys.stderr.isatty())
+    keys = ("method", "steps", "lr", "kappa", "beta", "magnitude", "batch_size", "grad_accum", "resolution", "crop",
+            "crops", "flip", "seed", "checkpoint_every", "resume", "overwrite", "mixed_precision", "device")
+    extra = dict(validation_prompts=a.validation_prompt, progress=sys.stderr.isatty())
+    return {k: getattr(a, k) for k in keys} | extra
+
+# %% ../nbs/90_cli.ipynb #2a3b4c5d
+DREAMBOOTH_HELP = """\
+Train every subject of DREAMBOOTH_JSON: one run per subject in OUTPUT_DIR/<subject>, its token <subject>
+(lower-case, spaces as underscores). The JSON maps each subject's name to its settings:
+
+  {"dog6": {"path": "dog6", "class": "dog", "initialization": "dog"},
+   "red cat": {"images": ["cats/1.jpg", "cats/2.jpg"], "class": "cat", "template": "a photo of a {}"}}
+
+  path            the folder of the subject's images
+  images          a list of image files: instead of path, or files within it (path or images is required)
+  class           the subject's class word (required)
+  initialization  the init word: the token's start and the vMF prior's mean (DTI App. D.2); default: class
+  prior           the vMF prior's mean word, overriding initialization
+  template        a training prompt with {} for the token, or a list of them; default: the built-in templates
+
+Relative paths resolve against the JSON file's folder, then the working folder; unknown keys are reported.
+Under `accelerate launch` (or torchrun) the subjects are split across the processes, each training its share
+one after another; the flags below apply to every subject."""
 
 # %% ../nbs/90_cli.ipynb #cc453551
 def parser() -> argparse.ArgumentParser:
     "The `dti-lens` argument parser."
-    p = argparse.ArgumentParser(prog='dti-lens', description='Directional Textual Inversion and its lenses.')
-    sub = p.add_subparsers(dest='command', required=True)
-    dp = sub.add_parser('demo', help='train DTI and TI on a synthetic subject; print norms vs m*; write an HTML report')
-    dp.add_argument('--out', default='demo_output', help='output folder (default: demo_output)')
-    dp.add_argument('--steps', type=int, default=150); dp.add_argument('--model', default='tiny:sd15'); dp.add_argument('--seed', type=int, default=0)
-    tp = sub.add_parser('train', help='learn a token for the subject in a folder of images')
-    tp.add_argument('--images', required=True); tp.add_argument('--token', required=True); tp.add_argument('--init', required=True)
-    tp.add_argument('--prior', help='the vMF mean word (default: --init)')
+    p = _Parser(prog="dti-lens", description="Directional Textual Inversion and its lenses.")
+    p.add_argument("--version", action="version", version=f"dti-lens {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    dp = sub.add_parser("demo", help="train DTI and TI on a synthetic subject; print norms vs m*; write a report")
+    dp.add_argument("--out", default="demo_output", help="folder for the runs and report.html (default demo_output)")
+    dp.add_argument("--steps", type=int_at_least(1), default=150, help="steps per method (default 150 steps)")
+    dp.add_argument("--model", default="tiny:sd15", help="tiny:<kind>, a model id or folder (default tiny:sd15)")
+    dp.add_argument("--seed", type=int, default=0, help="seed of the subject and the runs (default 0)")
+    tp = sub.add_parser("train", help="learn a token for the subject in a folder of images")
+    tp.add_argument("--images", required=True, help="the folder of the subject's images")
+    tp.add_argument("--token", required=True, help="the new placeholder token, e.g. '<dog>'")
+    tp.add_argument("--init", required=True, help="the init word, e.g. dog (one vector per word piece)")
+    tp.add_argument("--prior", help="the vMF prior's mean word (default: --init)")
     _training_flags(tp)
-    mp = sub.add_parser('train-many', help='train every subject of a dreambooth.json (split across accelerate processes)')
-    mp.add_argument('dreambooth_json')
+    mp = sub.add_parser("train-many", help="train every subject of a dreambooth.json (split across processes)",
+                        description=DREAMBOOTH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mp.add_argument("dreambooth_json", metavar="DREAMBOOTH_JSON", help="the subjects' JSON file (above)")
     _training_flags(mp)
-    ap = sub.add_parser('adjust', help='TEA: pull a learned embedding file toward an anchor word; same format out')
-    ap.add_argument('src'); ap.add_argument('out')
-    ap.add_argument('--model', required=True, help='model id, pipeline folder, or tiny:sd15|sd21|sdxl')
-    ap.add_argument('--anchor', required=True, help='the anchor word, e.g. dog')
-    ap.add_argument('--alpha', type=float, default=0.2, help='slerp factor toward the anchor, in [0, 1] (default 0.2)')
-    ap.add_argument('--beta', type=float, default=1.0, help='target norm in units of |anchor| (default 1.0)')
-    ap.add_argument('--auto', action='store_true', help='choose alpha and beta with auto_tea (position probe)')
-    vp = sub.add_parser('vmf-demo', help='fit a vMF mixture to a synthetic vocabulary and write a figure')
-    vp.add_argument('--out', default='demo_output', help='folder for the HTML figure (default: demo_output)')
-    for name, default in [('n', 6000), ('d', 128), ('k', 8), ('seed', 0)]:
-        vp.add_argument(f'--{name}', type=int, default=default, help=f'default: {default}')
+    _adjust_parser(sub); _diagnose_parser(sub)
+    vp = sub.add_parser("vmf-demo", help="fit a vMF mixture to a synthetic vocabulary and write a figure")
+    vp.add_argument("--out", default="demo_output", help="folder for vmf_mixture.html (default demo_output)")
+    for name, lo, default, what in [("n", 2, 6000, "vocabulary rows"), ("d", 2, 128, "width"), ("k", 1, 8, "clusters")]:
+        vp.add_argument(f"--{name}", type=int_at_least(lo), default=default, help=f"{what} (default {default})")
+    vp.add_argument("--seed", type=int, default=0, help="seed of the vocabulary and the fit (default 0)")
     return p
 
-# %% ../nbs/90_cli.ipynb #87129058
-def _run(p, a):
-    "Dispatch the parsed command `a`."
-    if a.command == 'demo':
-        if a.steps < 1: p.error(f"--steps must be >= 1; got {a.steps}")
-        return demo(a.out, a.steps, a.model, a.seed, progress=sys.stderr.isatty())
-    if a.command == 'vmf-demo':
-        if a.n < 2 or a.d < 2 or not 1 <= a.k <= a.n: p.error(f"need --n >= 2, --d >= 2 and 1 <= --k <= --n; got n={a.n}, d={a.d}, k={a.k}")
-        return vmf_demo(a.out, a.n, a.d, a.k, a.seed, progress=sys.stderr.isatty())
-    if a.command == 'adjust':
-        from dti_lens.train import load_pipeline
-        used = adjust_file(a.src, a.out, load_pipeline(pipeline(a.model)), a.anchor, a.alpha, a.beta, a.auto)
-        for name, (alpha, beta) in used.items(): print(f"{name}: alpha {alpha:.3g}, beta {beta:.3g}")
-        return print(f"written {a.out}")
-    if a.command == 'train':
-        r = train_dti(pipeline(a.model), a.images, a.token, a.init, prior=a.prior, output_dir=a.output_dir, **_train_kwargs(a))
-        for name, e in r.embeddings.items(): print(f"{name}: {len(e)} vector(s), |e| = {e.norm(dim=1).tolist()}, m* = {r.magnitudes[name]:.4f}")
-        print(f"files: {', '.join(str(f) for f in r.files.values())}")
-        return r
-    r = train_many(a.dreambooth_json, pipeline(a.model), a.output_dir, **_train_kwargs(a))
-    for name, res in r.items(): print(f"trained {name}: {', '.join(str(f) for f in res.files.values())}")
-    return r
+# %% ../nbs/90_cli.ipynb #4c5d6e7f
+def _adjust_parser(sub):
+    ap = sub.add_parser("adjust", help="TEA: pull an embedding file (or folder) toward an anchor word; same format out")
+    ap.add_argument("src", metavar="SRC", help="an embedding file of any format, or a folder: every embedding file in it")
+    ap.add_argument("out", metavar="OUT", help="the file to write (same format), or for a folder SRC a folder (created)")
+    ap.add_argument("--model", required=True, help="the embedding's model: model id, pipeline folder, or tiny:<kind>")
+    ap.add_argument("--anchor", required=True, help="the anchor word, e.g. dog")
+    ap.add_argument("--alpha", type=number(0, 1), help="slerp factor toward the anchor, 0 (keep the direction) to 1 "
+                    "(the anchor's) (default 0.2)")
+    ap.add_argument("--beta", type=number(0, lo_open=True), help="target norm in units of |anchor| (default 1.0)")
+    ap.add_argument("--auto", action="store_true", help="choose alpha and beta per encoder with auto_tea: norm m*, the "
+                    "smallest alpha whose position probe score reaches the vocabulary's")
 
-def main(argv:list|None=None):
-    "Entry point of the `dti-lens` command."
+def _diagnose_parser(sub):
+    gp = sub.add_parser("diagnose", help="the lenses on an embedding file (or folder) from anywhere; text and HTML")
+    gp.add_argument("file", metavar="FILE", help="an embedding file of any format, or a folder of them")
+    gp.add_argument("--model", required=True, help="the embedding's model: model id, pipeline folder, or tiny:<kind>")
+    gp.add_argument("--html", help="the report to write (default: FILE's name + .diagnosis.html, in the current folder)")
+    gp.add_argument("--all", action="store_true", help="every vector of a multi-vector token (default: the first)")
+    gp.add_argument("--probe-steps", type=int_at_least(1), default=500,
+                    help="training steps of the position probe (default 500 steps)")
+
+# %% ../nbs/90_cli.ipynb #7f809102
+def _check_model(model:str) -> None:
+    "A `tiny:` model must name a zoo pipeline (the rest is checked when it loads)."
+    if model.startswith("tiny:") and model.removeprefix("tiny:") not in BUILDERS:
+        kinds = ", ".join("tiny:" + k for k in sorted(BUILDERS))
+        raise ValueError(f"--model {model!r}: the tiny zoo pipelines are {kinds}")
+
+def _check_folder(flag:str, path:str, what:str) -> None:
+    if not Path(path).is_dir():
+        why = "is a file, not a folder" if Path(path).is_file() else "no such folder"
+        raise ValueError(f"{flag} {path!r}: {why}; pass {what}")
+
+def _precheck_many(a) -> None:
+    "train-many: the JSON and its subjects, the device and every subject's run folder, before the model loads."
+    if not Path(a.dreambooth_json).is_file():
+        raise ValueError(f"DREAMBOOTH_JSON {a.dreambooth_json!r}: no such file")
+    check_device(a.device)
+    for s in load_dreambooth(a.dreambooth_json):
+        try: check_run_folder(Path(a.output_dir) / s.name, a.resume, a.overwrite)
+        except ValueError as e: raise ValueError(f"subject {s.name!r}: {e}") from None
+
+# %% ../nbs/90_cli.ipynb #80910213
+def _adjust(a) -> None:
+    if a.auto and (a.alpha is not None or a.beta is not None):
+        raise ValueError("--auto chooses alpha and beta itself; drop --alpha and --beta, or --auto")
+    jobs = _adjust_jobs(Path(a.src), Path(a.out))  # SRC read and OUT checked before the model loads
+    pipe = load_pipeline(a.model, "cpu", torch.float32)  # TEA and the lenses read the token tables in float32
+    alpha, beta = 0.2 if a.alpha is None else a.alpha, 1.0 if a.beta is None else a.beta
+    used = adjust_file(a.src, a.out, pipe, a.anchor, alpha, beta, auto=a.auto, progress=sys.stderr.isatty())
+    print("\n".join(_adjusted_lines(jobs, used, Path(a.src).is_dir())))
+
+def _diagnose(a) -> None:
+    embedding_sources(a.file)  # FILE read before the model loads
+    pipe = load_pipeline(a.model, "cpu", torch.float32)  # the lenses run in float32
+    found = diagnose_file(a.file, pipe, a.all, dict(steps=a.probe_steps))
+    for label, d in found: print(f"{label}\n{diagnosis_text(d)}\n")
+    out = Path(a.html) if a.html else Path(f"{Path(a.file).resolve().stem}.diagnosis.html")
+    print(f"report written to {write_report(out, diagnosis_page(found, a.file))}")
+
+# %% ../nbs/90_cli.ipynb #87129058
+def _reader_left() -> None:
+    "`dti-lens ... | head` stopped reading: no error line, stdout to /dev/null (a quiet exit flush), exit 141."
+    try: os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation): pass
+    raise SystemExit(141)  # 128 + SIGPIPE, as the shell reports a writer whose reader left
+
+def _run(a) -> None:
+    "Run the parsed command `a`."
+    if a.command in ("demo", "train", "train-many", "adjust", "diagnose"): _check_model(a.model)
+    if a.command == "demo": return demo(a.out, a.steps, a.model, a.seed, progress=sys.stderr.isatty()) and None
+    if a.command == "vmf-demo":
+        if a.k > a.n: raise ValueError(f"--k must be <= --n; got k={a.k}, n={a.n}")
+        return vmf_demo(a.out, a.n, a.d, a.k, a.seed, progress=sys.stderr.isatty()) and None
+    if a.command == "adjust": return _adjust(a)
+    if a.command == "diagnose": return _diagnose(a)
+    if a.command == "train":
+        _check_folder("--images", a.images, "the folder of the subject's images")
+        r = train_dti(a.model, a.images, a.token, a.init, prior=a.prior, output_dir=a.output_dir,
+                      **_train_kwargs(a))
+        for name, e in r.embeddings.items():
+            norms = [round(x, 4) for x in e.norm(dim=1).tolist()]
+            print(f"{name}: {len(e)} vector(s), |e| = {norms}, m* = {r.magnitudes[name]:.4f}")
+        return print(f"files: {', '.join(str(f) for f in r.files.values())}")
+    _precheck_many(a)
+    for name, res in train_many(a.dreambooth_json, a.model, a.output_dir, **_train_kwargs(a)).items():
+        print(f"trained {name}: {', '.join(str(f) for f in res.files.values())}")
+
+def main(argv:list|None=None) -> None:
+    "Entry point of the `dti-lens` command: usage errors exit with 2, Ctrl-C with 130, each as one stderr line."
     p = parser()
     a = p.parse_args(argv)
-    try: _run(p, a)
-    except ValueError as e: p.error(str(e))
+    prog = f"dti-lens {a.command}"
+    with one_line_warnings(), library_logs() as kept:
+        try: _run(a)
+        except KeyboardInterrupt:
+            _say(kept)
+            training = a.command in ("train", "train-many")
+            print(f"{prog}: {interrupted_message(a) if training else 'interrupted'}", file=sys.stderr)
+            raise SystemExit(130) from None
+        except BrokenPipeError: _reader_left()
+        except (ValueError, OSError) as e: _fail(prog, cli_message(e, flag_names(commands(p)[a.command])))
+        _say(kept)
 
 # %% ../nbs/90_cli.ipynb #ef8971dd
 if __name__ == "__main__" and "ipykernel" not in sys.modules: main()  # `python -m dti_lens.cli`, `accelerate launch -m dti_lens.cli`

@@ -14,7 +14,8 @@ import torch
 from PIL import Image, PngImagePlugin
 from safetensors import safe_open
 from safetensors.torch import save_file
-from .encoders import text_encoders, family, placeholder_tokens, check_placeholder, add_placeholder
+from .encoders import text_encoders, placeholder_tokens, check_placeholder, add_placeholder
+from .pipelines import adapter
 
 # %% auto #0
 __all__ = ['SLOTS', 'DIFFUSERS_NAMES', 'SDXL_KEYS', 'KINDS', 'CARD_KEY', 'SUFFIXES', 'EMBEDDING_SUFFIXES', 'write_atomic',
@@ -457,7 +458,7 @@ def load_embeddings(pipe, # a diffusers pipeline (SD 1.x/2.x, SDXL, SANA)
     token = token if token is not None else emb.token if emb.token is not None else (emb.path or path).stem
     encs = text_encoders(pipe)
     plan = _plan(emb, encs)
-    lowercases = family(pipe) == "sana"
+    lowercases = adapter(pipe).preprocess(token) != token  # SANA lower-cases prompts
     for name, rows in plan.items():
         for t in placeholder_tokens(token, len(rows)): check_placeholder(encs[name], t, lowercases=lowercases)
     added = {}

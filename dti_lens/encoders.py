@@ -11,10 +11,9 @@ from dataclasses import dataclass
 import torch
 
 # %% auto #0
-__all__ = ['ENCODER_NAMES', 'MAGNITUDES', 'SANA_MAX_LENGTH', 'ANATOMY_KINDS', 'TextEncoder', 'text_encoders', 'family',
-           'check_magnitude', 'vocab_norms', 'm_star', 'word_pieces', 'placeholder_tokens', 'expand_placeholder',
-           'check_placeholder', 'add_placeholder', 'lookup_scale', 'embedded', 'LearnedRows', 'learned_rows',
-           'tokenize', 'pipeline_prompt', 'prompt_batch', 'encode', 'Anatomy', 'anatomy', 'first_block_inputs',
+__all__ = ['ENCODER_NAMES', 'MAGNITUDES', 'ANATOMY_KINDS', 'TextEncoder', 'text_encoders', 'check_magnitude', 'vocab_norms',
+           'm_star', 'word_pieces', 'placeholder_tokens', 'expand_placeholder', 'check_placeholder', 'add_placeholder',
+           'lookup_scale', 'embedded', 'LearnedRows', 'learned_rows', 'Anatomy', 'anatomy', 'first_block_inputs',
            'load_text_encoder']
 
 # %% ../nbs/03_encoders.ipynb #2134ac13
@@ -41,15 +40,6 @@ def text_encoders(pipe) -> dict[str, TextEncoder]:
             if getattr(pipe, te, None) is not None and getattr(pipe, tk, None) is not None}
     if not encs: raise ValueError(f"pipe must have a text_encoder and a tokenizer; {type(pipe).__name__} has none")
     return encs
-
-# %% ../nbs/03_encoders.ipynb #8faf9016
-def family(pipe) -> str:
-    "Which conditioning a pipeline uses: 'sd' (SD 1.x/2.x), 'sdxl' or 'sana'."
-    names = {type(pipe).__name__, *(c.__name__ for c in type(pipe).__mro__)}
-    if any(n.startswith("StableDiffusionXL") for n in names): return "sdxl"
-    if any(n.startswith("Sana") for n in names): return "sana"
-    if any(n.startswith("StableDiffusion") for n in names): return "sd"
-    raise ValueError(f"pipe must be a Stable Diffusion 1.x/2.x, SDXL or SANA pipeline; got {type(pipe).__name__}")
 
 # %% ../nbs/03_encoders.ipynb #a4c6cd3f
 MAGNITUDES = ("mean", "max", "min")
@@ -154,39 +144,6 @@ def learned_rows(enc:TextEncoder, ids:list[int], rows_fn):
     enc.model.set_input_embeddings(LearnedRows(base, ids, rows_fn))
     try: yield
     finally: enc.model.set_input_embeddings(base)
-
-# %% ../nbs/03_encoders.ipynb #c51eee00
-SANA_MAX_LENGTH = 300  # SanaPipeline's default max_sequence_length
-
-def tokenize(enc:TextEncoder, prompts:list[str]) -> dict:
-    "Token ids (and attention mask) of `prompts`, padded to the encoder's max length."
-    tok = enc.tokenizer
-    if getattr(tok, "padding_side", "right") != "right": tok.padding_side = "right"  # as SANA's pipeline does
-    length = min(tok.model_max_length, SANA_MAX_LENGTH)  # CLIP: 77; Gemma's tokenizer says ~1e30, SANA uses 300
-    out = tok(list(prompts), padding="max_length", max_length=length, truncation=True, return_tensors="pt")
-    return dict(input_ids=out.input_ids, attention_mask=out.attention_mask)
-
-def pipeline_prompt(pipe, prompt:str) -> str:
-    "`prompt` as the pipeline's `encode_prompt` preprocesses it before tokenizing: SANA lower-cases and strips it."
-    return prompt.lower().strip() if family(pipe) == "sana" else prompt
-
-def prompt_batch(pipe, prompts:list[str]) -> dict[str, dict]:
-    "Every encoder's tokenized `prompts` (by encoder name), preprocessed as the pipeline does: the input of `encode`."
-    return {k: tokenize(e, [pipeline_prompt(pipe, p) for p in prompts]) for k, e in text_encoders(pipe).items()}
-
-# %% ../nbs/03_encoders.ipynb #19bd8c2d
-def encode(pipe, batch:dict[str, dict], device=None) -> dict:
-    "The denoiser's text conditioning for tokenized prompts `batch` (by encoder name), with gradients."
-    fam, encs, device = family(pipe), text_encoders(pipe), device or pipe.device  # pipe.device walks every module: pass it in loops
-    dev = lambda t: t.to(device)
-    if fam == "sd": return dict(encoder_hidden_states=encs["text_encoder"].model(dev(batch["text_encoder"]["input_ids"]))[0])
-    if fam == "sana":
-        b = batch["text_encoder"]
-        return dict(encoder_hidden_states=encs["text_encoder"].model(dev(b["input_ids"]), attention_mask=dev(b["attention_mask"]))[0],
-                    encoder_attention_mask=dev(b["attention_mask"]))
-    outs = {k: e.model(dev(batch[k]["input_ids"]), output_hidden_states=True) for k, e in encs.items()}
-    hidden = torch.cat([o.hidden_states[-2] for o in outs.values()], dim=-1)
-    return dict(encoder_hidden_states=hidden, text_embeds=outs["text_encoder_2"][0])
 
 # %% ../nbs/03_encoders.ipynb #4aafc719
 @dataclass

@@ -15,9 +15,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .sphere import slerp
-from .encoders import (text_encoders, placeholder_tokens, expand_placeholder, add_placeholder, prompt_batch, encode,
-                               ENCODER_NAMES)
-from .train import train_dti, load_pipeline, check_resolution, sample_kwargs
+from .encoders import text_encoders, placeholder_tokens, expand_placeholder, add_placeholder, ENCODER_NAMES
+from .pipelines import adapter
+from .train import train_dti, load_pipeline, check_resolution
 
 # %% auto #0
 __all__ = ['PAPER_TS', 'INTERPOLATIONS', 'CONTEXTS', 'PROMPT_FORMS', 'COLLAPSE_METRICS', 'interpolate_embeddings',
@@ -67,30 +67,33 @@ def _as_dict(pipe, emb, arg:str) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(v).detach().reshape(-1, torch.as_tensor(v).shape[-1]).cpu() for k, v in emb.items()}
 
 # %% ../nbs/15_interpolate.ipynb #c7170c26
-_PIPE_KWARGS = dict(encoder_hidden_states="prompt_embeds", text_embeds="pooled_prompt_embeds", encoder_attention_mask="prompt_attention_mask")
 @torch.no_grad()
-def interpolation_conditioning(pipe, emb_a, emb_b, ts=PAPER_TS, method:str="slerp", prompt:str="a photo of a {}", token:str="<mix>") -> dict:
-    "The denoiser's text conditioning of `prompt` with the interpolated rows at every t (batch len(ts)); the pipeline is restored."
+def _path_cond(pipe, emb_a, emb_b, ts, method:str, prompt:str, token:str) -> dict:
+    "The denoiser's conditioning (batch len(ts)) of `prompt` with the interpolated rows at every t; the pipeline restored."
     a, b = _as_dict(pipe, emb_a, "emb_a"), _as_dict(pipe, emb_b, "emb_b")
     n = {v.shape[0] for v in a.values()} | {v.shape[0] for v in b.values()}
     if len(n) != 1: raise ValueError(f"emb_a and emb_b must have the same number of rows for every encoder; got {sorted(n)}")
     n = n.pop()
     if "{}" not in prompt: raise ValueError(f"prompt must contain '{{}}' where the token goes; got {prompt!r}")
-    paths = {k: interpolate_embeddings(a[k], b[k], ts, method) for k in a}
-    text = expand_placeholder(prompt.format(token), token, n)
+    paths, fam = {k: interpolate_embeddings(a[k], b[k], ts, method) for k in a}, adapter(pipe)
     outs = []
     with scratch_tokens(pipe):
         encs = text_encoders(pipe)
         ids = {k: add_placeholder(e, placeholder_tokens(token, n), paths[k][0]) for k, e in encs.items()}
-        batch = prompt_batch(pipe, [text])  # as the pipeline preprocesses it (SANA: lower-cased)
+        batch = fam.tokenize([expand_placeholder(prompt.format(token), token, n)])  # as the pipeline writes the prompt
         for i in range(len(ts)):
             for k, e in encs.items(): e.table[ids[k]] = paths[k][i].to(e.table)
-            outs.append(encode(pipe, batch))
-    return {_PIPE_KWARGS[k]: torch.cat([o[k] for o in outs]) for k in outs[0]}
+            outs.append(fam.encode(batch))
+    return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+
+def interpolation_conditioning(pipe, emb_a, emb_b, ts=PAPER_TS, method:str="slerp", prompt:str="a photo of a {}",
+                               token:str="<mix>") -> dict:
+    "The pipeline-call arguments (`prompt_embeds=...`) of `prompt` with the interpolated rows at every t."
+    return adapter(pipe).call_kwargs(_path_cond(pipe, emb_a, emb_b, ts, method, prompt, token))
 
 # %% ../nbs/15_interpolate.ipynb #1d447640
 @torch.no_grad()
-def interpolate(pipe, # a diffusers pipeline (SD 1.x/2.x, SDXL, SANA)
+def interpolate(pipe, # a pipeline of any covered family (nbs/08_pipelines)
                 emb_a, # rows of concept A: {encoder name: (n, d)} (e.g. `TrainResult.embeddings`), or a tensor for one encoder
                 emb_b, # rows of concept B, same shapes
                 ts=PAPER_TS, # interpolation times, one image each
@@ -103,18 +106,10 @@ def interpolate(pipe, # a diffusers pipeline (SD 1.x/2.x, SDXL, SANA)
                 guidance_scale:float|None=None, # classifier-free guidance (default: the pipeline's)
                ) -> list: # one PIL image per t
     "One row of images along the interpolation path, with identical starting noise so only the embedding changes."
-    cond = interpolation_conditioning(pipe, emb_a, emb_b, ts, method, prompt, token)
-    resolution = check_resolution(pipe, resolution)
-    kw = sample_kwargs(pipe)  # SANA: no resolution binning, no complex human instruction
-    if guidance_scale is not None: kw["guidance_scale"] = guidance_scale
-    dev = pipe.device
-    gens = [torch.Generator().manual_seed(seed) for _ in ts]
-    bar = getattr(pipe, "_progress_bar_config", None)
-    pipe.set_progress_bar_config(disable=True)
-    try: return pipe(**{k: v.to(dev) for k, v in cond.items()}, height=resolution, width=resolution, num_inference_steps=steps, generator=gens, **kw).images
-    finally:
-        if bar is None: del pipe._progress_bar_config
-        else: pipe._progress_bar_config = bar
+    cond = _path_cond(pipe, emb_a, emb_b, ts, method, prompt, token)
+    kw = {} if guidance_scale is None else dict(guidance_scale=guidance_scale)
+    return adapter(pipe).generate(cond=cond, resolution=check_resolution(pipe, resolution), seeds=[seed] * len(ts),
+                                  steps=steps, **kw)
 
 # %% ../nbs/15_interpolate.ipynb #0395f513
 def interpolation_figure_rows(rows:dict, # label -> list of PIL images (one row each, same length)
@@ -212,13 +207,13 @@ def prompt_set_embeddings(pipe, # a pipeline that knows the token
         raise ValueError(f"form must be one of {PROMPT_FORMS}; got {form!r}")
     if not contexts or any(c.count("{}") != 1 for c in contexts): raise ValueError("contexts must be templates each with exactly one '{}'")
     word = expand_placeholder(token_or_word, token_or_word, _n_vectors(pipe, token_or_word))
-    prompts, rows = [c.format(word) for c in contexts], []
+    prompts, rows, fam = [c.format(word) for c in contexts], [], adapter(pipe)
     for i in range(0, len(prompts), batch_size):
-        batch = prompt_batch(pipe, prompts[i:i + batch_size])
-        mask = next(iter(batch.values()))["attention_mask"]
-        if any(not torch.equal(b["attention_mask"], mask) for b in batch.values()):
-            raise ValueError(f"the text encoders {sorted(batch)} tokenize these prompts to different lengths")
-        h = encode(pipe, batch)["encoder_hidden_states"].float().cpu()
+        batch = fam.tokenize(prompts[i:i + batch_size])
+        mask = batch[fam.sequence[0]]["attention_mask"]  # the sequence encoders' (Flux: T5's, not the pooled CLIP's)
+        if any(not torch.equal(batch[k]["attention_mask"], mask) for k in fam.sequence):
+            raise ValueError(f"the text encoders {list(fam.sequence)} tokenize these prompts to different lengths")
+        h = fam.encode(batch)["encoder_hidden_states"].float().cpu()
         if form == "eos": rows.append(h[torch.arange(len(h)), _last_real(mask)])
         elif form == "mean": rows.append((h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
         else: rows.append(h.flatten(1))

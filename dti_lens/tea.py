@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .sphere import as_vectors, slerp, _split, _check_not_antipodal
-from .encoders import TextEncoder, text_encoders, family, word_pieces, placeholder_tokens, m_star
+from .encoders import TextEncoder, text_encoders, word_pieces, placeholder_tokens, expand_placeholder, m_star
+from .pipelines import adapter
 from .probe import position_probe
 
 # %% auto #0
@@ -152,14 +153,6 @@ def adjust_tokens(pipe, # an SD 1.x/2.x or SDXL pipeline whose tokenizers know `
     return TokenEdit(token, ids, before, after, encs)
 
 # %% ../nbs/14_tea.ipynb #b234a3a2
-def _converted(pipe, prompt:str, tok) -> str:
-    "The prompt as the pipeline's encode_prompt tokenizes it (multi-vector tokens expanded)."
-    return pipe.maybe_convert_prompt(prompt, tok) if hasattr(pipe, "maybe_convert_prompt") else prompt
-
-def _ids_of(tok, text:str) -> list[int]:
-    "Token ids the pipeline's tokenizer call gives `text`: padded and truncated to its max length."
-    return tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
-
 def _find(seq:list, sub:list) -> list[int]:
     "Start positions of the non-overlapping occurrences of `sub` in `seq`."
     out, i = [], 0
@@ -177,9 +170,10 @@ def align_spans(n:int, k:int) -> list[list[int]]:
 def prompt_spans(pipe, enc:TextEncoder, prompt:str, token:str, anchor_word:str) -> list[tuple[int, int, int, int]]:
     "(placeholder start, n, anchor start, k) of each occurrence of `token` in `prompt`, as `enc`'s tokenizer sees it."
     if token not in prompt: raise ValueError(f"prompt must contain the placeholder {token!r}; got {prompt!r}")
-    tok, pid = enc.tokenizer, token_ids(enc, token)
-    apieces = word_pieces(enc, anchor_word, "anchor_word")
-    ids, aids = _ids_of(tok, _converted(pipe, prompt, tok)), _ids_of(tok, prompt.replace(token, anchor_word))
+    fam, pid = adapter(pipe), token_ids(enc, token)
+    apieces = word_pieces(enc, fam.preprocess(anchor_word), "anchor_word")
+    texts = [expand_placeholder(prompt, token, len(pid)), prompt.replace(token, anchor_word)]  # as the pipeline writes them
+    ids, aids = fam.tokenize(texts)[enc.name]["input_ids"].tolist()
     starts = _find(ids, pid)
     if not starts: raise ValueError(f"{token!r} does not survive tokenization of {prompt!r} by {enc.name} (truncated?)")
     n, k = len(pid), len(apieces)
@@ -232,41 +226,36 @@ def _adjust_slice(v:torch.Tensor, c:torch.Tensor, spans, alpha:float, beta:float
     return out
 
 # %% ../nbs/14_tea.ipynb #10cefc83
-def _encode(pipe, prompt:str, device) -> tuple:
-    "(prompt_embeds, pooled or None) from the pipeline's own encode_prompt, without guidance."
-    if family(pipe) == "sdxl":
-        e, _, p, _ = pipe.encode_prompt(prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
-        return e, p
-    if family(pipe) == "sd": return pipe.encode_prompt(prompt, device, 1, False)[0], None
-    raise ValueError(f"prompt-level TEA supports SD 1.x/2.x and SDXL pipelines; got {type(pipe).__name__}")
-
 @torch.no_grad()
-def prompt_embeds_tea(pipe, # an SD 1.x/2.x or SDXL pipeline whose tokenizers know `token`
+def prompt_embeds_tea(pipe, # a pipeline of any covered family whose tokenizers know `token`
                       prompt:str, # a prompt containing `token`
                       token:str, # the placeholder V*
                       anchor_word:str, # the concept c written in its place
                       alpha:float, # slerp factor in [0, 1]
                       beta:float=1.0, # target norm as a multiple of the anchor output's
-                      pooled:bool=False, # SDXL: also adjust the pooled embedding toward the anchor prompt's
+                      pooled:bool=False, # SDXL, Flux: also adjust the pooled embedding toward the anchor prompt's
                       positions:str="all", # "all": every position (the paper); "placeholder": its spans only
-                     ) -> dict: # prompt_embeds (and pooled_prompt_embeds for SDXL) for `pipe(**kwargs)`
+                     ) -> dict: # prompt_embeds (pooled_prompt_embeds, prompt_attention_mask) for `pipe(**kwargs)`
     "Prompt-level TEA: each position of `prompt`'s encoder outputs pulled toward its counterpart with `anchor_word`."
     alpha, beta = _check_alpha(alpha), _check_positive(beta, "beta")
     if not isinstance(positions, str) or positions not in TEA_POSITIONS:
         raise ValueError(f"positions must be one of {TEA_POSITIONS}; got {positions!r}")
-    encs, device = text_encoders(pipe), pipe.device
-    spans = {k: prompt_spans(pipe, e, prompt, token, anchor_word) for k, e in encs.items()}
-    (v, vp), (c, cp) = _encode(pipe, prompt, device), _encode(pipe, prompt.replace(token, anchor_word), device)
-    parts, lo = [], 0
-    for k, e in encs.items():  # the feature axis concatenates the encoders in order
-        d = e.model.config.hidden_size
-        parts.append(_adjust_slice(v[..., lo:lo + d], c[..., lo:lo + d], spans[k], alpha, beta, positions))
+    fam = adapter(pipe)
+    if pooled and fam.pooled is None: raise ValueError(f"pooled=True needs a pipeline with a pooled embedding (SDXL, Flux); "
+                                                       f"{type(pipe).__name__} has none")
+    spans = {k: prompt_spans(pipe, fam.encoders[k], prompt, token, anchor_word) for k in fam.sequence}
+    n = len(token_ids(fam.encoders[fam.sequence[0]], token))
+    v = fam.encode_prompt([fam.pipeline_prompt(prompt, token, n)])  # the pipeline's own encode_prompt, both prompts
+    c = fam.encode_prompt([prompt.replace(token, anchor_word)])
+    h, ch, parts, lo = v["encoder_hidden_states"], c["encoder_hidden_states"], [], 0
+    for k in fam.sequence:  # the feature axis holds the sequence encoders side by side (SDXL), in order
+        d = fam.encoders[k].model.config.hidden_size
+        parts.append(_adjust_slice(h[..., lo:lo + d], ch[..., lo:lo + d], spans[k], alpha, beta, positions))
         lo += d
-    if lo != v.shape[-1]: raise ValueError(f"prompt_embeds have width {v.shape[-1]}, but the encoders' widths add up to {lo}")
-    out = dict(prompt_embeds=torch.cat(parts, dim=-1))
-    if vp is not None: out["pooled_prompt_embeds"] = _tea_rows(vp, cp, alpha, beta) if pooled else vp
-    elif pooled: raise ValueError(f"pooled=True needs a pipeline with a pooled embedding (SDXL); {type(pipe).__name__} has none")
-    return out
+    if lo != h.shape[-1]: raise ValueError(f"prompt_embeds have width {h.shape[-1]}, but the encoders' widths add up to {lo}")
+    out = dict(v, encoder_hidden_states=torch.cat(parts, dim=-1))
+    if pooled: out[fam.pooled_key] = _tea_rows(v[fam.pooled_key], c[fam.pooled_key], alpha, beta)
+    return fam.call_kwargs(out)
 
 # %% ../nbs/14_tea.ipynb #508cf309
 ALPHA_GRID = tuple(round(0.05 * i, 2) for i in range(21))

@@ -13,19 +13,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 from .sphere import normalize
-from .encoders import (TextEncoder, text_encoders, family, m_star, check_magnitude, word_pieces, placeholder_tokens,
-                               expand_placeholder, check_placeholder, add_placeholder, learned_rows, tokenize, encode,
-                               prompt_batch, pipeline_prompt)
+from .encoders import (TextEncoder, text_encoders, m_star, check_magnitude, word_pieces, placeholder_tokens,
+                               expand_placeholder, check_placeholder, add_placeholder, learned_rows)
+from .pipelines import Family, FAMILIES, LatentCache, adapter
 from .optim import DirectionalSGD
 from .data import TEMPLATES, CROPS, PixelBatch, pixel_batch, load_images, training_set, changed_images
 from .embeddings import save_embeddings, write_atomic, write_text_atomic
 
 # %% auto #0
-__all__ = ['METHODS', 'LR', 'FAMILY_DEFAULTS', 'REFERENCE', 'PREDICTION_TYPES', 'RUN_FILES', 'TrainConfig', 'check_config',
-           'defaults', 'defaults_table', 'Slot', 'check_words', 'make_slots', 'LatentCache', 'encode_latents',
-           'noise_scheduler', 'loss_target', 'denoise_loss', 'make_optimizer', 'project_back', 'regulariser', 'Sampler',
-           'save_checkpoint', 'load_checkpoint', 'TrainResult', 'load_pipeline', 'latent_factor', 'check_resolution',
-           'sample_kwargs', 'sample_images', 'check_run_folder', 'check_device', 'check_validation_prompts',
+__all__ = ['METHODS', 'LR', 'FAMILY_DEFAULTS', 'REFERENCE', 'LOG_EVERY', 'RUN_FILES', 'TrainConfig', 'check_config', 'defaults',
+           'defaults_table', 'Slot', 'check_words', 'make_slots', 'make_optimizer', 'project_back', 'regulariser',
+           'Sampler', 'Run', 'flush_log', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'load_pipeline',
+           'check_resolution', 'sample_images', 'check_run_folder', 'check_device', 'check_validation_prompts',
            'fill_defaults', 'train_dti', 'fixed_loss', 'rescale', 'norm_figure', 'subject_token', 'train_many']
 
 # %% ../nbs/13_train.ipynb #9c2a1157
@@ -81,23 +80,23 @@ def check_config(c:TrainConfig) -> None:
 
 # %% ../nbs/13_train.ipynb #09baf332
 LR = dict(dti=0.04, ti=0.02, adamw_sphere=0.04, crossinit=0.02)  # the reference's effective rates
-FAMILY_DEFAULTS = dict(  # resolution None: the model's own; SDXL: 768 (at most the model's own)
-    sd=dict(steps=400, batch_size=4, grad_accum=1, resolution=None, kappa=1e-4),
-    sdxl=dict(steps=400, batch_size=4, grad_accum=1, resolution=768, kappa=1e-4),
-    sana=dict(steps=500, batch_size=2, grad_accum=2, resolution=None, kappa=5e-5))
+FAMILY_DEFAULTS = {f.name: f.defaults for f in FAMILIES}  # each family's launcher: nbs/08_pipelines
 REFERENCE = dict(  # what the authors' launchers ran: nominal lr x batch x accumulation (--scale_lr)
     sdxl=dict(lr=dict(dti="0.01 x 4", ti="0.005 x 4", adamw_sphere="0.01 x 4", crossinit="0.005 x 4"),
               steps=400, batch="4 x 1", resolution="768", kappa="1e-4"),
     sana=dict(lr=dict(dti="0.01 x 2 x 2", ti="0.005 x 2 x 2", adamw_sphere="-", crossinit="0.005 x 2 x 2"),
-              steps=500, batch="2 x 2", resolution="1024", kappa="5e-5"))
+              steps=500, batch="2 x 2", resolution="1024", kappa="5e-5"),
+    wan=dict(lr=dict(dti="0.01 x 2 x 2", ti="-", adamw_sphere="-", crossinit="-"),
+             steps=500, batch="2 x 2", resolution="512", kappa="5e-5"))
 
-def defaults(fam:str, # "sd", "sdxl" or "sana" (`family(pipe)`)
+def defaults(fam:str, # a family's name: "sd", "sdxl", "sana", "wan" or "flux"
              method:str, # one of METHODS
-             native:int, # the model's own resolution in pixels
+             native:int|None, # the model's own resolution in pixels (None: the family's default is used)
             ) -> dict:
     "Our default lr, steps, batch_size, grad_accum, resolution and kappa for a family and method."
     d = dict(FAMILY_DEFAULTS[fam], lr=LR[method])
-    d["resolution"] = min(d["resolution"] or native, native)
+    res = d["resolution"] or native
+    d["resolution"] = min(res, native) if native else res
     return d
 
 # %% ../nbs/13_train.ipynb #67221a90
@@ -115,7 +114,7 @@ def defaults_table() -> str:
     for fam in FAMILY_DEFAULTS:
         for m in METHODS:
             d = defaults(fam, m, 1024)
-            res = d["resolution"] if fam == "sdxl" else "model's"
+            res = FAMILY_DEFAULTS[fam]["resolution"] or "model's"
             kappa = f"{d['kappa']:.0e}".replace("e-0", "e-") if m == "dti" else "-"
             rows.append(f"| {fam} | {m} | {d['lr']:g} | {d['steps']} | {d['batch_size']} x {d['grad_accum']} | {res} | {kappa} "
                         f"| {_reference(fam, m)} |")
@@ -153,20 +152,20 @@ def _contextual(enc:TextEncoder, word:str, pieces:list[int]) -> torch.Tensor:
     return out[at:at + len(pieces)].float()
 
 # %% ../nbs/13_train.ipynb #cd7f864b
-def check_words(pipe, c:TrainConfig) -> dict[str, tuple[list[int], list[int]]]:
+def check_words(fam:Family, c:TrainConfig) -> dict[str, tuple[list[int], list[int]]]:
     "Raise on a bad placeholder, init or prior word; the init and prior pieces per encoder."
-    rewrites = pipeline_prompt(pipe, c.token) != c.token  # SANA lower-cases prompts: an upper-case token never matches
+    rewrites = fam.preprocess(c.token) != c.token  # SANA lower-cases prompts: an upper-case token never matches
     out = {}
-    for name, enc in text_encoders(pipe).items():
+    for name, enc in fam.encoders.items():
         check_placeholder(enc, c.token, lowercases=rewrites)
-        out[name] = word_pieces(enc, pipeline_prompt(pipe, c.init), "init"), word_pieces(enc, pipeline_prompt(pipe, c.prior), "prior")
+        out[name] = word_pieces(enc, fam.preprocess(c.init), "init"), word_pieces(enc, fam.preprocess(c.prior), "prior")
     return out
 
 # %% ../nbs/13_train.ipynb #913b6784
-def make_slots(pipe, c:TrainConfig, pieces:dict) -> dict[str, Slot]:
+def make_slots(fam:Family, c:TrainConfig, pieces:dict) -> dict[str, Slot]:
     "Add the placeholder to every encoder and build each encoder's learned rows."
     slots, n = {}, len(next(iter(pieces.values()))[0])
-    for name, enc in text_encoders(pipe).items():
+    for name, enc in fam.encoders.items():
         init_ids, prior_ids = pieces[name]
         table = enc.table.detach().float()
         mu = _fit_rows(normalize(table[prior_ids]), n)
@@ -182,72 +181,6 @@ def make_slots(pipe, c:TrainConfig, pieces:dict) -> dict[str, Slot]:
         slot.ids = add_placeholder(enc, tokens, slot.embedding().detach())
         slots[name] = slot
     return slots
-
-# %% ../nbs/13_train.ipynb #4a2d5118
-@dataclass
-class LatentCache:
-    "Scaled latents of every training image (and mirror), with the SDXL size conditioning."
-    mean: torch.Tensor
-    std: torch.Tensor|None
-    original_sizes: torch.Tensor
-    crop_top_left: torch.Tensor
-    def sample(self, idx, gen) -> torch.Tensor:
-        "Latents of rows `idx`: a fresh posterior sample when the VAE is stochastic."
-        if self.std is None: return self.mean[idx]
-        eps = torch.randn(self.mean[idx].shape, generator=gen).to(self.mean)
-        return self.mean[idx] + self.std[idx] * eps
-
-# %% ../nbs/13_train.ipynb #6c57f34c
-@torch.no_grad()
-def encode_latents(vae, pixels:PixelBatch, chunk:int=8) -> LatentCache:
-    "Encode every row of `pixels` once; the scaled mean (and std) of each latent."
-    scale, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0
-    means, stds = [], []
-    for x in pixels.pixels.split(chunk):
-        out = vae.encode(x.to(vae.device, vae.dtype))
-        if hasattr(out, "latent_dist"): means.append(out.latent_dist.mean); stds.append(out.latent_dist.std)
-        else: means.append(out.latent)
-    mean = (torch.cat(means).float() - shift) * scale
-    std = torch.cat(stds).float() * scale if stds else None
-    return LatentCache(mean, std, pixels.original_sizes, pixels.crop_top_left)
-
-# %% ../nbs/13_train.ipynb #1e5f1e56
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-
-def noise_scheduler(pipe):
-    "The DDPM scheduler that adds training noise for SD/SDXL (from the pipeline's scheduler config); None for SANA."
-    if family(pipe) == "sana": return None
-    from diffusers import DDPMScheduler
-    sched = DDPMScheduler.from_config(pipe.scheduler.config)
-    if sched.config.prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"the scheduler's prediction_type must be one of {PREDICTION_TYPES}; got {sched.config.prediction_type!r}")
-    return sched
-
-def loss_target(sched, latents:torch.Tensor, noise:torch.Tensor, t:torch.Tensor) -> torch.Tensor:
-    "What the denoiser should predict at timesteps `t` for its scheduler's prediction type."
-    kind = sched.config.prediction_type
-    if kind == "epsilon": return noise
-    if kind == "v_prediction": return sched.get_velocity(latents, noise, t)
-    if kind == "sample": return latents
-    raise ValueError(f"the scheduler's prediction_type must be one of {PREDICTION_TYPES}; got {kind!r}")
-
-def denoise_loss(pipe, cond:dict, latents:torch.Tensor, batch:dict, gen) -> torch.Tensor:
-    "The pipeline's training loss for `latents` under the text conditioning `cond`; `batch` has the denoiser's dtype."
-    noise = torch.randn(latents.shape, generator=gen).to(latents)
-    if family(pipe) == "sana":
-        s = torch.rand(len(latents), generator=gen).to(latents)[:, None, None, None]
-        x = ((1 - s) * latents + s * noise).to(batch["dtype"])
-        pred = pipe.transformer(x, encoder_hidden_states=cond["encoder_hidden_states"], encoder_attention_mask=cond["encoder_attention_mask"],
-                                timestep=(s.flatten() * pipe.scheduler.config.num_train_timesteps)).sample
-        return F.mse_loss(pred.float(), (noise - latents).float())
-    sched = batch["noise_scheduler"]
-    t = torch.randint(0, sched.config.num_train_timesteps, (len(latents),), generator=gen).to(latents.device)
-    x = sched.add_noise(latents, noise, t).to(batch["dtype"])
-    extra = {}
-    if "text_embeds" in cond:
-        extra = dict(added_cond_kwargs=dict(text_embeds=cond["text_embeds"], time_ids=batch["time_ids"].to(x)))
-    pred = pipe.unet(x, t, encoder_hidden_states=cond["encoder_hidden_states"], **extra).sample
-    return F.mse_loss(pred.float(), loss_target(sched, latents, noise, t).float())
 
 # %% ../nbs/13_train.ipynb #2b2b7759
 def make_optimizer(slots:dict[str, Slot], c:TrainConfig):
@@ -277,11 +210,53 @@ class Sampler:
         out, self.order = self.order[:k], self.order[k:]
         return out
 
-# %% ../nbs/13_train.ipynb #c05f677e
-def _time_ids(cache:LatentCache, idx, resolution:int) -> torch.Tensor:
-    "SDXL's add_time_ids per row: original size, crop corner, target size."
-    target = torch.tensor([resolution, resolution]).expand(len(idx), 2)
-    return torch.cat([cache.original_sizes[idx], cache.crop_top_left[idx], target], dim=1).float()
+# %% ../nbs/13_train.ipynb #78b7f890
+LOG_EVERY = 10  # steps between writes of log.jsonl (and at every checkpoint and the end)
+
+@dataclass
+class Run:
+    "One training run's state: what a step reads or changes, and where the run writes."
+    fam: Family # the pipeline's adapter
+    c: TrainConfig
+    slots: dict # encoder name -> Slot
+    cache: LatentCache # every training crop's latents
+    tokens: dict # encoder name -> the tokenized templates
+    sampler: Sampler
+    gen: torch.Generator # every random draw of the run
+    opt: torch.optim.Optimizer
+    images: list # `training_set` of the run, recorded in its checkpoints
+    out: Path|None # output_dir
+    mp: str = "no" # mixed precision: "bf16" or "no"
+    step: int = 0 # steps done
+    nan_steps: int = 0
+    log: list = field(default_factory=list) # records written so far
+    pending: list = field(default_factory=list) # (step, loss or None, rows after the step) not yet logged
+    last: dict = field(default_factory=dict) # encoder name -> rows after the last logged step
+    samples: list = field(default_factory=list) # (step, [PIL images]) of the validation prompts
+
+# %% ../nbs/13_train.ipynb #bd4c4ea6
+@torch.no_grad()
+def _records(run:Run) -> list[dict]:
+    "The log records of the pending steps: loss, and per encoder |e|, the step's angle and cos to mu, in float64."
+    cos = lambda a, b: (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1).clamp(-1, 1)
+    recs = [dict(step=s, loss=l, lr=run.c.lr) if l is not None else dict(step=s, loss=None, lr=run.c.lr, skipped=True)
+            for s, l, _ in run.pending]
+    for k, slot in run.slots.items():
+        e = torch.stack([rows[k] for _, _, rows in run.pending]).double()  # (steps, n, d)
+        before = torch.cat([run.last[k][None].double(), e[:-1]])
+        norm, turn, to_mu = e.norm(dim=-1), torch.rad2deg(torch.acos(cos(e, before))), cos(e, slot.mu.double())
+        for j, rec in enumerate(recs):
+            if not rec.get("skipped"): rec[k] = dict(norm=norm[j].tolist(), angle_deg=turn[j].tolist(), cos_mu=to_mu[j].tolist())
+    return recs
+
+def flush_log(run:Run) -> None:
+    "Turn the pending steps into log records, append them to log.jsonl (with an output_dir)."
+    if not run.pending: return
+    recs = _records(run)
+    run.last = {k: rows.clone() for k, rows in run.pending[-1][2].items()}
+    run.pending.clear(); run.log += recs
+    if run.out:
+        with open(run.out / "log.jsonl", "a") as f: f.write("".join(json.dumps(r) + "\n" for r in recs))
 
 # %% ../nbs/13_train.ipynb #8bfc5839
 def _resumable(c:TrainConfig) -> dict:
@@ -290,11 +265,12 @@ def _resumable(c:TrainConfig) -> dict:
     d["templates"] = list(d["templates"])
     return d
 
-def save_checkpoint(path:Path, step:int, slots, opt, gen, sampler, c:TrainConfig, nan_steps:int, images:list) -> None:
-    "Write everything needed to resume at `step`, atomically; `images` is the run's `training_set`."
-    state = dict(step=step, config=_resumable(c), params={k: s.param.detach().cpu() for k, s in slots.items()},
-                 optimizer=opt.state_dict(), generator=gen.get_state(), order=list(sampler.order), nan_steps=nan_steps,
-                 images=[list(r) for r in images])
+def save_checkpoint(run:Run, path:Path) -> None:
+    "Write everything needed to resume `run` at its current step, atomically (the log is flushed first)."
+    flush_log(run)
+    state = dict(step=run.step, config=_resumable(run.c), params={k: s.param.detach().cpu() for k, s in run.slots.items()},
+                 optimizer=run.opt.state_dict(), generator=run.gen.get_state(), order=list(run.sampler.order),
+                 nan_steps=run.nan_steps, images=[list(r) for r in run.images])
     write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 # %% ../nbs/13_train.ipynb #2eec985d
@@ -305,21 +281,22 @@ def _read_checkpoint(path:Path) -> dict:
         raise ValueError(f"resume: {str(path)!r} is not a checkpoint this trainer wrote ({type(e).__name__}); "
                          "pass overwrite=True to start over") from None
 
-def load_checkpoint(path:Path, slots, opt, gen, sampler, c:TrainConfig, images:list) -> tuple[int, int]:
-    "Restore a checkpoint written by `save_checkpoint`; returns (step, nan_steps). Other settings or images: ValueError."
-    state = _read_checkpoint(path)
+def load_checkpoint(run:Run, path:Path) -> None:
+    "Restore `run` from a checkpoint written by `save_checkpoint`. Other settings or images: ValueError."
+    state, c = _read_checkpoint(path), run.c
     if state["config"] != _resumable(c):
         diff = sorted(k for k in state["config"] if state["config"][k] != _resumable(c).get(k))
         raise ValueError(f"resume: the checkpoint in {path} was made with other settings ({', '.join(diff)}); use a new output_dir")
-    if "images" in state and (diff := changed_images(state["images"], images)):
+    if "images" in state and (diff := changed_images(state["images"], run.images)):
         raise ValueError(f"resume: the training images changed since the checkpoint in {path} ({diff}); "
                          "train on them in a new output_dir, or restore the images")
     with torch.no_grad():
-        for k, s in slots.items(): s.param.copy_(state["params"][k])
-    opt.load_state_dict(state["optimizer"])
-    gen.set_state(state["generator"])
-    sampler.order = list(state["order"])
-    return state["step"], state["nan_steps"]
+        for k, s in run.slots.items(): s.param.copy_(state["params"][k])
+    run.opt.load_state_dict(state["optimizer"])
+    run.gen.set_state(state["generator"])
+    run.sampler.order = list(state["order"])
+    run.step, run.nan_steps = state["step"], state["nan_steps"]
+    run.last = {k: s.embedding().detach().clone() for k, s in run.slots.items()}
 
 # %% ../nbs/13_train.ipynb #2e934ac5
 def _truncate_log(path:Path, step:int) -> None:
@@ -327,18 +304,6 @@ def _truncate_log(path:Path, step:int) -> None:
     if not path.exists(): return
     keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
     write_text_atomic(path, "".join(l + "\n" for l in keep))
-
-# %% ../nbs/13_train.ipynb #79d450be
-@torch.no_grad()
-def _telemetry(slots, before:dict, step:int, loss:float, lr:float) -> dict:
-    "One JSON-able log record."
-    rec = dict(step=step, loss=loss, lr=lr)
-    for k, s in slots.items():
-        e = s.embedding().double()
-        cos = lambda a, b: (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1).clamp(-1, 1)
-        rec[k] = dict(norm=e.norm(dim=1).tolist(), angle_deg=torch.rad2deg(torch.acos(cos(e, before[k].double()))).tolist(),
-                      cos_mu=cos(e, s.mu.double()).tolist())
-    return rec
 
 # %% ../nbs/13_train.ipynb #eb31a577
 @dataclass
@@ -384,46 +349,27 @@ def load_pipeline(pipe, # a pipeline, a model id / folder, or "tiny:<kind>" (sd1
         cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
         device = device or ("cuda" if cuda else None)
         pipe = _from_pretrained(str(pipe), dtype or (torch.bfloat16 if cuda else torch.float32))
-    family(pipe)
     if device is not None: pipe.to(device)
+    adapter(pipe)  # a family we cover, with a loss we can train (refused here, before any model work)
     for m in pipe.components.values():
         if isinstance(m, torch.nn.Module): m.requires_grad_(False).eval()
     return pipe
 
 # %% ../nbs/13_train.ipynb #abe2e469
-def _denoiser(pipe): return pipe.unet if family(pipe) != "sana" else pipe.transformer
-
-def latent_factor(pipe) -> int:
-    "Pixels per latent token: the VAE's factor times the transformer's patch size."
-    return pipe.vae_scale_factor * getattr(_denoiser(pipe).config, "patch_size", 1)
-
 def check_resolution(pipe, resolution:int|None) -> int:
-    "The training resolution: the model's default when None; must be a multiple of `latent_factor`."
-    f = latent_factor(pipe)
-    if resolution is None: return _denoiser(pipe).config.sample_size * pipe.vae_scale_factor
-    if resolution % f: raise ValueError(f"resolution must be a multiple of the model's latent factor {f}; got {resolution}")
+    "The training resolution: the family's default when None; must be a multiple of the adapter's `latent_factor`."
+    fam = adapter(pipe)
+    if resolution is None: return fam.native_resolution or fam.defaults["resolution"]
+    if resolution % fam.latent_factor:
+        raise ValueError(f"resolution must be a multiple of the model's latent factor {fam.latent_factor}; got {resolution}")
     return resolution
 
 # %% ../nbs/13_train.ipynb #a4696b71
-def _pipe_prompt(pipe, prompt:str, token:str, n:int) -> str:
-    "A prompt as the pipeline wants it: SD/SDXL expand multi-vector tokens themselves, SANA does not."
-    return prompt if hasattr(pipe, "maybe_convert_prompt") else expand_placeholder(prompt, token, n)
-
-def sample_kwargs(pipe) -> dict:
-    "Pipeline-call arguments that keep sampling on training's text path (SANA: no complex human instruction, no binning)."
-    return dict(use_resolution_binning=False, complex_human_instruction=None) if family(pipe) == "sana" else {}
-
-@torch.no_grad()
 def sample_images(pipe, prompts:list[str], token:str, n:int, resolution:int, seed:int=0, steps:int=25) -> list:
-    "One batched pipeline call: an image per prompt, seeded."
-    gens = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
-    bar = getattr(pipe, "_progress_bar_config", None)
-    pipe.set_progress_bar_config(disable=True)  # a few inference steps inside a training run: no second bar
-    try: return pipe([_pipe_prompt(pipe, p, token, n) for p in prompts], height=resolution, width=resolution,
-                     num_inference_steps=steps, generator=gens, **sample_kwargs(pipe)).images
-    finally:
-        if bar is None: del pipe._progress_bar_config
-        else: pipe._progress_bar_config = bar
+    "One batched pipeline call through the adapter: an image per prompt (the n-vector `token` written out), seeded."
+    fam = adapter(pipe)
+    return fam.generate([fam.pipeline_prompt(p, token, n) for p in prompts], resolution=resolution,
+                        seeds=[seed + i for i in range(len(prompts))], steps=steps)
 
 # %% ../nbs/13_train.ipynb #db11b118
 def _metadata(pipe, c:TrainConfig, slots, step:int) -> dict:
@@ -477,8 +423,8 @@ def check_validation_prompts(prompts) -> None:
 # %% ../nbs/13_train.ipynb #17c767e6
 def fill_defaults(c:TrainConfig, pipe) -> TrainConfig:
     "Fill `c`'s None settings with `defaults` for the pipeline's family and the method; check the resolution."
-    native = check_resolution(pipe, None)
-    for k, v in defaults(family(pipe), c.method, native).items():
+    fam = adapter(pipe)
+    for k, v in defaults(fam.name, c.method, fam.native_resolution).items():
         if getattr(c, k) is None: setattr(c, k, v)
     c.resolution = check_resolution(pipe, c.resolution)
     check_config(c)
@@ -527,108 +473,107 @@ def train_dti(pipe, # a diffusers pipeline, a model id / folder for `from_pretra
     pipe = load_pipeline(pipe, device)
     fill_defaults(c, pipe)
     if done > c.steps: raise ValueError(f"resume: the checkpoint in {str(out)!r} is at step {done}, past steps={c.steps}; pass steps >= {done}")
-    noise_scheduler(pipe)  # an unsupported prediction type fails before any model work
-    pieces = check_words(pipe, c)
+    pieces = check_words(adapter(pipe), c)
     _say_pieces(c, pieces)
     pixels = pixel_batch(images, c.resolution, flip=c.flip, crop=c.crop, crops=c.crops, seed=c.seed)
     if out and overwrite: _clear_run(out, c.token)
-    return _train(pipe, c, pieces, pixels, out, checkpoint_every, resume and done > 0, validation_prompts, validation_every,
-                  mixed_precision, progress, record)
+    run = _prepare(pipe, c, pieces, pixels, record, out, mixed_precision)
+    return _train(run, checkpoint_every, resume and done > 0, validation_prompts, validation_every, progress)
 
 # %% ../nbs/13_train.ipynb #2f314773
-def _micro_loss(pipe, slots, c:TrainConfig, data:dict, gen, mp:str) -> torch.Tensor:
-    "The loss of one micro-batch: `batch_size` cached latents, templates, timesteps and noises."
-    cache, dev = data["cache"], data["device"]
-    idx = data["sampler"].take(c.batch_size)
-    tpl = torch.randint(len(c.templates), (c.batch_size,), generator=gen)
-    latents = cache.sample(idx, gen).to(dev)
-    batch = {k: {kk: vv[tpl] for kk, vv in v.items()} for k, v in data["tokens"].items()}
-    extra = dict(noise_scheduler=data["scheduler"], time_ids=_time_ids(cache, idx, c.resolution), dtype=data["dtype"])
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=mp == "bf16"):
-        return denoise_loss(pipe, encode(pipe, batch, dev), latents, extra, gen) + regulariser(slots, c)
+def _micro_loss(run:Run) -> torch.Tensor:
+    "The loss of one micro-batch: `batch_size` cached latents, one template each, timesteps and noises."
+    c, fam = run.c, run.fam
+    idx = run.sampler.take(c.batch_size)
+    tpl = torch.randint(len(c.templates), (c.batch_size,), generator=run.gen)
+    batch = {k: {kk: vv[tpl] for kk, vv in v.items()} for k, v in run.tokens.items()}
+    with torch.autocast(fam.device.type, dtype=torch.bfloat16, enabled=run.mp == "bf16"):
+        return fam.loss(fam.encode(batch), run.cache, idx, run.gen) + regulariser(run.slots, c)
 
-def _step(pipe, slots, c:TrainConfig, data:dict, opt, gen, step:int, mp:str) -> tuple[dict|None, float]:
-    "One optimisation step over `grad_accum` micro-batches; (log record, mean loss), or (None, loss) if it is not finite."
-    before = {k: s.embedding().detach().clone() for k, s in slots.items()}
+def _step(run:Run) -> float:
+    "One optimisation step over `grad_accum` micro-batches; its mean loss (NaN or inf: the step is skipped)."
+    c = run.c
     losses = []
     for _ in range(c.grad_accum):
-        loss = _micro_loss(pipe, slots, c, data, gen, mp)
+        loss = _micro_loss(run)
         (loss / c.grad_accum).backward()  # the gradient of the mean loss, as diffusers' accumulation computes it
         losses.append(loss.detach())
-    value = torch.stack(losses).mean().item()
-    if not math.isfinite(value):
-        opt.zero_grad(set_to_none=True)
-        return None, value
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    if c.method == "adamw_sphere": project_back(slots)
-    return _telemetry(slots, before, step + 1, value, c.lr), value
+    value = torch.stack(losses).mean().item()  # the one host sync: a bad step must not reach AdamW's moments
+    if math.isfinite(value): run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    if c.method == "adamw_sphere": project_back(run.slots)
+    run.step += 1
+    run.pending.append((run.step, value if math.isfinite(value) else None,
+                        {k: s.embedding().detach().clone() for k, s in run.slots.items()}))
+    return value
 
 # %% ../nbs/13_train.ipynb #3582c40c
-def _prepare(pipe, c:TrainConfig, pieces, pixels:PixelBatch, images:list=()) -> tuple[dict, dict]:
-    "Latents once, the placeholder rows, the tokenized templates, the sampler and the noise scheduler."
-    cache = encode_latents(pipe.vae, pixels)
-    slots = make_slots(pipe, c, pieces)
+def _prepare(pipe, c:TrainConfig, pieces, pixels:PixelBatch, images:list, out:Path|None, mp:str|None) -> Run:
+    "Latents once, the placeholder rows, the tokenized templates, the sampler, the optimiser: a run at step 0."
+    fam = adapter(pipe)
+    cache = fam.encode_images(pixels.pixels, pixels.original_sizes, pixels.crop_top_left)
+    slots = make_slots(fam, c, pieces)
     words = " ".join(next(iter(slots.values())).tokens)
-    prompts = [t.format(words) for t in c.templates]
     gen = torch.Generator().manual_seed(c.seed)
-    sched = noise_scheduler(pipe)
-    data = dict(cache=cache, tokens=prompt_batch(pipe, prompts), sampler=Sampler(len(cache.mean), gen),
-                scheduler=sched, gen=gen, images=list(images), device=pipe.device, dtype=_denoiser(pipe).dtype)  # looked up once: both walk the modules
-    return slots, data
+    mp = mp or ("bf16" if fam.device.type == "cuda" else "no")
+    run = Run(fam, c, slots, cache, fam.tokenize([t.format(words) for t in c.templates]), Sampler(len(cache), gen), gen,
+              make_optimizer(slots, c), list(images), out, mp)
+    run.last = {k: s.embedding().detach().clone() for k, s in slots.items()}
+    return run
 
 # %% ../nbs/13_train.ipynb #0e3f6f16
-def _validate(pipe, out, prompts, c:TrainConfig, slots, step:int) -> tuple:
+def _validate(run:Run, prompts) -> None:
     "Sample the validation prompts (one batched call); save PNGs when there is an output_dir."
-    n = len(next(iter(slots.values())).tokens)
-    imgs = sample_images(pipe, [p.format(c.token) if "{}" in p else p for p in prompts], c.token, n, c.resolution, seed=0)
-    for i, im in enumerate(imgs if out else []):
-        write_atomic(out / "samples" / f"step-{step:05d}-{i}.png", lambda tmp: im.save(tmp, format="PNG"))
-    return step, imgs
+    c, n = run.c, len(next(iter(run.slots.values())).tokens)
+    imgs = sample_images(run.fam.pipe, [p.format(c.token) for p in prompts], c.token, n, c.resolution, seed=0)
+    for i, im in enumerate(imgs if run.out else []):
+        write_atomic(run.out / "samples" / f"step-{run.step:05d}-{i}.png", lambda tmp: im.save(tmp, format="PNG"))
+    run.samples.append((run.step, imgs))
 
 # %% ../nbs/13_train.ipynb #6717f8f4
-def _train(pipe, c:TrainConfig, pieces, pixels, out:Path|None, checkpoint_every:int, resume:bool, vprompts, vevery, mp, progress,
-           images:list=()) -> TrainResult:
+def _start(run:Run, resume:bool) -> None:
+    "Create the output folder; on resume restore the checkpoint and keep the log up to its step."
+    if not run.out: return
+    run.out.mkdir(parents=True, exist_ok=True)
+    if resume: load_checkpoint(run, run.out / "checkpoint.pt")
+    log_path = run.out / "log.jsonl"
+    _truncate_log(log_path, run.step)
+    run.log = [json.loads(l) for l in log_path.read_text().splitlines()] if log_path.exists() else []
+
+def _train(run:Run, checkpoint_every:int, resume:bool, vprompts, vevery, progress) -> TrainResult:
     "The training loop behind `train_dti`."
     from contextlib import ExitStack
-    mp = mp or ("bf16" if pipe.device.type == "cuda" else "no")
-    slots, data = _prepare(pipe, c, pieces, pixels, images)
-    opt, gen, start, nan_steps, log, samples = make_optimizer(slots, c), data["gen"], 0, 0, [], []
-    ckpt, log_path = (out / "checkpoint.pt", out / "log.jsonl") if out else (None, None)
-    if out: out.mkdir(parents=True, exist_ok=True)
-    if out and resume and ckpt.exists():
-        start, nan_steps = load_checkpoint(ckpt, slots, opt, gen, data["sampler"], c, data["images"])
-    if out: _truncate_log(log_path, start); log = [json.loads(l) for l in log_path.read_text().splitlines()] if log_path.exists() else []
+    c = run.c
+    _start(run, resume)
     with ExitStack() as stack:
-        for s in slots.values(): stack.enter_context(learned_rows(s.enc, s.ids, s.embedding))
-        logf = stack.enter_context(open(log_path, "a")) if out else None
-        bar = tqdm(range(start, c.steps), initial=start, total=c.steps, disable=not progress, desc=f"{c.method} {c.token}")
-        for step in bar:
-            rec, loss = _step(pipe, slots, c, data, opt, gen, step, mp)
-            if rec is None:
-                nan_steps += 1
-                warnings.warn(f"step {step + 1}: the loss is {loss}; the step is skipped (the embedding is unchanged)")
-                rec = dict(step=step + 1, loss=None, lr=c.lr, skipped=True)
-            log.append(rec)
-            if logf: logf.write(json.dumps(rec) + "\n"); logf.flush()
-            if rec.get("loss") is not None: bar.set_postfix(loss=f"{loss:.4f}")
-            if out and (step + 1) % checkpoint_every == 0: save_checkpoint(ckpt, step + 1, slots, opt, gen, data["sampler"], c, nan_steps, data["images"])
-            if vprompts and vevery and (step + 1) % vevery == 0 and step + 1 < c.steps: samples.append(_validate(pipe, out, vprompts, c, slots, step + 1))
-        if vprompts: samples.append(_validate(pipe, out, vprompts, c, slots, c.steps))
-    return _finish(pipe, c, slots, out, log, samples, nan_steps, opt, gen, data)
+        for s in run.slots.values(): stack.enter_context(learned_rows(s.enc, s.ids, s.embedding))
+        bar = tqdm(range(run.step, c.steps), initial=run.step, total=c.steps, disable=not progress, desc=f"{c.method} {c.token}")
+        for _ in bar:
+            loss = _step(run)
+            if math.isfinite(loss): bar.set_postfix(loss=f"{loss:.4f}")
+            else:
+                run.nan_steps += 1
+                warnings.warn(f"step {run.step}: the loss is {loss}; the step is skipped (the embedding is unchanged)")
+            if run.step % LOG_EVERY == 0: flush_log(run)
+            if run.out and run.step % checkpoint_every == 0: save_checkpoint(run, run.out / "checkpoint.pt")
+            if vprompts and vevery and run.step % vevery == 0 and run.step < c.steps: _validate(run, vprompts)
+        flush_log(run)
+        if vprompts: _validate(run, vprompts)
+    return _finish(run)
 
 # %% ../nbs/13_train.ipynb #58593114
 @torch.no_grad()
-def _finish(pipe, c:TrainConfig, slots, out, log, samples, nan_steps, opt, gen, data) -> TrainResult:
+def _finish(run:Run) -> TrainResult:
     "Write the learned rows into the pipeline's tables, save the files, return the result."
+    c, slots = run.c, run.slots
     for s in slots.values(): s.enc.table[s.ids] = s.embedding().to(s.enc.table)
     emb = {k: s.embedding().detach().float().cpu().contiguous() for k, s in slots.items()}
     files = {}
-    if out:
-        files = save_embeddings(out, c.token, emb, _metadata(pipe, c, slots, c.steps))
-        save_checkpoint(out / "checkpoint.pt", c.steps, slots, opt, gen, data["sampler"], c, nan_steps, data["images"])
+    if run.out:
+        files = save_embeddings(run.out, c.token, emb, _metadata(run.fam.pipe, c, slots, c.steps))
+        save_checkpoint(run, run.out / "checkpoint.pt")
     return TrainResult(c.token, c.method, {k: s.tokens for k, s in slots.items()}, emb, {k: s.m_star for k, s in slots.items()},
-                       {k: s.mu.detach().cpu() for k, s in slots.items()}, log, files, samples, nan_steps)
+                       {k: s.mu.detach().cpu() for k, s in slots.items()}, run.log, files, run.samples, run.nan_steps)
 
 # %% ../nbs/13_train.ipynb #937948d3
 @torch.no_grad()
@@ -640,14 +585,12 @@ def fixed_loss(pipe, # a pipeline that knows `token`
                seed:int=0,
               ) -> float:
     "The mean denoising loss of `prompt` on `images` over fixed noises and timesteps (a held-out objective)."
-    resolution = check_resolution(pipe, resolution)
-    px = pixel_batch(images, resolution, flip=False)
-    cache, gen = encode_latents(pipe.vae, px), torch.Generator().manual_seed(seed)
-    sched = noise_scheduler(pipe)
-    cond = encode(pipe, prompt_batch(pipe, [prompt] * len(px)))
-    idx = list(range(len(px)))
-    extra = dict(noise_scheduler=sched, time_ids=_time_ids(cache, idx, resolution), dtype=_denoiser(pipe).dtype)
-    return sum(denoise_loss(pipe, cond, cache.mean.to(pipe.device), extra, gen).item() for _ in range(repeats)) / repeats
+    import dataclasses
+    fam, resolution = adapter(pipe), check_resolution(pipe, resolution)
+    px = pixel_batch(images, resolution, crop="center")
+    cache = dataclasses.replace(fam.encode_images(px.pixels, px.original_sizes, px.crop_top_left), std=None)  # posterior means
+    cond, gen, idx = fam.encode(fam.tokenize([prompt] * len(px))), torch.Generator().manual_seed(seed), list(range(len(px)))
+    return sum(fam.loss(cond, cache, idx, gen).item() for _ in range(repeats)) / repeats
 
 # %% ../nbs/13_train.ipynb #ccf20454
 def rescale(embedding:torch.Tensor, # learned rows (n, d)

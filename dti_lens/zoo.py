@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['WORDS', 'ZOO_VERSION', 'BUILDERS', 'NEW_FAMILIES', 'REAL_IDS', 'clip_tokenizer', 'gemma_tokenizer', 't5_tokenizer',
-           'save_tiny', 'tiny_pipeline']
+__all__ = ['WORDS', 'ZOO_VERSION', 'BUILDERS', 'REAL_IDS', 'clip_tokenizer', 'gemma_tokenizer', 't5_tokenizer', 'save_tiny',
+           'tiny_pipeline']
 
 # %% ../nbs/02_zoo.ipynb #6a6ef288
 WORDS = tuple("""a an the of in on at with and by for from to is its photo rendering cropped clean dirty dark
@@ -221,16 +221,15 @@ def _flux(gen):
 
 # %% ../nbs/02_zoo.ipynb #6f816319
 ZOO_VERSION = 2  # bump when a builder changes, so cached folders are rebuilt
-BUILDERS = dict(sd15=_sd, sd21=lambda gen: _sd(gen, v2=True), sdxl=_sdxl, sana=_sana)
-NEW_FAMILIES = dict(wan=_wan, flux=_flux)  # kept out of BUILDERS until the trainer has adapters for them
+BUILDERS = dict(sd15=_sd, sd21=lambda gen: _sd(gen, v2=True), sdxl=_sdxl, sana=_sana, wan=_wan, flux=_flux)
 REAL_IDS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd21": "stabilityai/stable-diffusion-2-1",
             "sdxl": "stabilityai/stable-diffusion-xl-base-1.0", "sana": "Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers",
             "wan": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "flux": "black-forest-labs/FLUX.1-dev"}
 
 # %% ../nbs/02_zoo.ipynb #436ac019
 def _builder(kind:str):
-    "The builder of `kind`, from `BUILDERS` or `NEW_FAMILIES`."
-    kinds = BUILDERS | NEW_FAMILIES
+    "The builder of `kind`, from `BUILDERS`."
+    kinds = BUILDERS
     if kind not in kinds: raise ValueError(f"kind must be one of {sorted(kinds)}; got {kind!r}")
     return kinds[kind]
 
@@ -249,7 +248,7 @@ def _quiet():
             if bar: m.enable_progress_bar()
 
 # %% ../nbs/02_zoo.ipynb #fdd3b1a6
-def save_tiny(kind:str, # a kind of `BUILDERS` or `NEW_FAMILIES`
+def save_tiny(kind:str, # a kind of `BUILDERS`
               folder, # where the pipeline folder is written
               seed:int=0, # seed of every random weight
              ) -> Path:
@@ -269,7 +268,7 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("DTI_LENS_CACHE", Path.home() / ".cache" / "dti_lens"))
 
 # %% ../nbs/02_zoo.ipynb #956a4ef3
-def tiny_pipeline(kind:str, # "sd15", "sd21", "sdxl", "sana" (`BUILDERS`), "wan" or "flux" (`NEW_FAMILIES`)
+def tiny_pipeline(kind:str, # one of `BUILDERS`: "sd15", "sd21", "sdxl", "sana", "wan" or "flux"
                   seed:int=0, # seed of the weights
                   folder=None, # save here instead of the cache
                   **kwargs, # passed to `from_pretrained` (e.g. torch_dtype)

@@ -1,15 +1,15 @@
-"""The tiny Wan2.1-T2V and Flux.1 pipelines on disk (`NEW_FAMILIES`, nbs/02_zoo.ipynb): written like a hub
-snapshot, read back with the real loaders, cached, and able to generate from the folder. The notebook checks their
-configs, tokenizers and `encode_prompt` in memory; tests/test_invariants.py covers `BUILDERS` only."""
+"""The tiny Wan2.1-T2V and Flux.1 pipelines on disk (nbs/02_zoo.ipynb): written like a hub snapshot, read back with
+the real loaders, cached, and able to generate from the folder. The notebook checks their configs, tokenizers and
+`encode_prompt` in memory; tests/test_invariants.py runs every family of `BUILDERS` through the trainer."""
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from dti_lens.zoo import BUILDERS, NEW_FAMILIES, REAL_IDS, WORDS, save_tiny, tiny_pipeline
+from dti_lens.zoo import BUILDERS, REAL_IDS, WORDS, save_tiny, tiny_pipeline
 
-KINDS = sorted(NEW_FAMILIES)
+KINDS = ["flux", "wan"]
 PIPELINES = {"wan": "WanPipeline", "flux": "FluxPipeline"}
 COMPONENTS = {  # model_index.json entries, as in the real repositories
     "wan": {"tokenizer": ["transformers", "T5Tokenizer"], "text_encoder": ["transformers", "UMT5EncoderModel"],
@@ -39,9 +39,9 @@ def load(folder):
     return pipe
 
 
-def test_new_families_stay_out_of_builders():
-    "One dict per kind: the invariant tests and the trainer iterate over BUILDERS, with no adapter for these yet."
-    assert KINDS == ["flux", "wan"] and not set(NEW_FAMILIES) & set(BUILDERS)
+def test_every_family_is_a_builder():
+    "The invariant tests and the trainer iterate over BUILDERS: all six families are in it."
+    assert sorted(BUILDERS) == ["flux", "sana", "sd15", "sd21", "sdxl", "wan"]
     assert REAL_IDS["wan"] == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
     assert REAL_IDS["flux"] == "black-forest-labs/FLUX.1-dev"
 
@@ -104,7 +104,7 @@ def test_tiny_pipeline_builds_once_into_the_cache(tmp_path, monkeypatch):
 def test_unknown_kind_names_every_kind(tmp_path):
     for make in (lambda: save_tiny("sd3", tmp_path / "a"), lambda: tiny_pipeline("sd3", folder=tmp_path / "b")):
         with pytest.raises(ValueError, match="kind must be one of") as e: make()
-        for k in [*BUILDERS, *NEW_FAMILIES]: assert repr(k) in str(e.value), k
+        for k in BUILDERS: assert repr(k) in str(e.value), k
     assert not list(tmp_path.iterdir()), "nothing is written for an unknown kind"
 
 
