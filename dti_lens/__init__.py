@@ -24,6 +24,7 @@ from .data import *
 from .embeddings import *
 from .train import *
 from .tea import *
+from .collapse import *
 from .interpolate import *
 
 # %% ../nbs/99_api.ipynb #a2925e29

@@ -6,15 +6,16 @@ Docs: https://dti-lens.github.io/dti_lens/encoders.html.md"""
 
 # %% ../nbs/03_encoders.ipynb #cd062636
 from __future__ import annotations
+import copy
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import torch
 
 # %% auto #0
 __all__ = ['ENCODER_NAMES', 'MAGNITUDES', 'ANATOMY_KINDS', 'TextEncoder', 'text_encoders', 'check_magnitude', 'vocab_norms',
            'm_star', 'word_pieces', 'placeholder_tokens', 'expand_placeholder', 'check_placeholder', 'add_placeholder',
-           'lookup_scale', 'embedded', 'LearnedRows', 'learned_rows', 'Anatomy', 'anatomy', 'first_block_inputs',
-           'load_text_encoder']
+           'token_ids', 'TokenEdit', 'edit_rows', 'scratch_tokens', 'lookup_scale', 'embedded', 'LearnedRows',
+           'learned_rows', 'Anatomy', 'anatomy', 'first_block_inputs', 'load_text_encoder']
 
 # %% ../nbs/03_encoders.ipynb #2134ac13
 @dataclass
@@ -105,6 +106,63 @@ def add_placeholder(enc:TextEncoder, tokens:list[str], rows:torch.Tensor) -> lis
     ids = enc.tokenizer.convert_tokens_to_ids(tokens)
     with torch.no_grad(): enc.table[ids] = rows.to(enc.table)
     return ids
+
+# %% ../nbs/03_encoders.ipynb #3711b31e
+def token_ids(enc:TextEncoder, token:str) -> list[int]:
+    "Ids of all vectors of placeholder `token` in `enc` (`token`, `token_1`, ...), or a ValueError if absent."
+    vocab = enc.tokenizer.get_vocab()
+    if token not in vocab: raise ValueError(f"token {token!r} is not in {enc.name}'s vocabulary; load the embedding first")
+    n = 1
+    while f"{token}_{n}" in vocab: n += 1
+    return [vocab[t] for t in placeholder_tokens(token, n)]
+
+# %% ../nbs/03_encoders.ipynb #4ab64068
+@dataclass
+class TokenEdit:
+    "Rows of token tables changed in place, with the originals to put back; a context manager that undoes on exit."
+    token: str|None # the placeholder edited, if any
+    ids: dict # encoder name -> edited row ids
+    before: dict = field(repr=False) # encoder name -> original rows (n, d), in the table's dtype
+    after: dict = field(repr=False) # encoder name -> the rows written, in the table's dtype
+    encoders: dict = field(repr=False) # encoder name -> TextEncoder
+    undone: bool = False
+
+    def undo(self) -> None:
+        "Write the original rows back, exactly."
+        if self.undone: return
+        with torch.no_grad():
+            for k, rows in self.before.items(): self.encoders[k].table[self.ids[k]] = rows
+        self.undone = True
+
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.undo()
+
+def edit_rows(encs:dict, # encoder name -> TextEncoder
+              ids:dict, # encoder name -> row ids
+              rows:dict, # encoder name -> new rows (n, d); only these encoders are edited
+              token:str|None=None, # the placeholder, for the record
+             ) -> TokenEdit:
+    "Write `rows[k]` into encoder k's table at `ids[k]`, in place; the returned `TokenEdit` puts the originals back."
+    for k, r in rows.items():
+        if r.shape != (len(ids[k]), encs[k].width):
+            raise ValueError(f"rows for {k} must have shape ({len(ids[k])}, {encs[k].width}); got {tuple(r.shape)}")
+    before = {k: encs[k].table.detach()[ids[k]].clone() for k in rows}
+    after = {k: r.detach().to(encs[k].table) for k, r in rows.items()}
+    with torch.no_grad():
+        for k, r in after.items(): encs[k].table[ids[k]] = r
+    return TokenEdit(token, {k: ids[k] for k in rows}, before, after, {k: encs[k] for k in rows})
+
+# %% ../nbs/03_encoders.ipynb #7bd91f86
+@contextmanager
+def scratch_tokens(pipe):
+    "Within the block, tokens may be added to `pipe`'s tokenizers and tables; both are as before after it."
+    saved = {name: (tk, copy.deepcopy(getattr(pipe, tk)), e.table.shape[0])
+             for (name, tk) in ENCODER_NAMES for e in [text_encoders(pipe).get(name)] if e is not None}
+    try: yield pipe
+    finally:
+        for name, (tk, tok, rows) in saved.items():
+            setattr(pipe, tk, tok)
+            getattr(pipe, name).resize_token_embeddings(rows, mean_resizing=False)
 
 # %% ../nbs/03_encoders.ipynb #ee389bd4
 def lookup_scale(embedding:torch.nn.Module) -> torch.Tensor:

@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 import torch
 
 from .sphere import as_vectors, slerp, _split, _check_not_antipodal
-from .encoders import TextEncoder, text_encoders, word_pieces, placeholder_tokens, expand_placeholder, m_star
+from .encoders import (TextEncoder, text_encoders, word_pieces, placeholder_tokens, expand_placeholder, m_star,
+                               token_ids, edit_rows, TokenEdit)
 from .pipelines import adapter
 from .probe import position_probe
 
 # %% auto #0
-__all__ = ['TEA_POSITIONS', 'ALPHA_GRID', 'tea_adjust', 'tea_adjust_mixing', 'anchor_vector', 'token_ids', 'TokenEdit',
-           'adjust_tokens', 'align_spans', 'prompt_spans', 'counterparts', 'prompt_embeds_tea', 'AutoTea', 'auto_tea',
-           'adjust_file']
+__all__ = ['TEA_POSITIONS', 'ALPHA_GRID', 'tea_adjust', 'tea_adjust_mixing', 'anchor_vector', 'adjust_tokens', 'align_spans',
+           'prompt_spans', 'counterparts', 'prompt_embeds_tea', 'AutoTea', 'auto_tea', 'adjust_file']
 
 # %% ../nbs/14_tea.ipynb #df82c92e
 def _check_alpha(alpha) -> float:
@@ -91,36 +91,6 @@ def anchor_vector(enc:TextEncoder, # the text encoder whose token table holds th
     if a.shape != (enc.width,): raise ValueError(f"anchor for {enc.name} must have shape ({enc.width},); got {tuple(a.shape)}")
     return a.detach().double()
 
-# %% ../nbs/14_tea.ipynb #72ca6a7c
-def token_ids(enc:TextEncoder, token:str) -> list[int]:
-    "Ids of all vectors of placeholder `token` in `enc` (`token`, `token_1`, ...), or a ValueError if absent."
-    vocab = enc.tokenizer.get_vocab()
-    if token not in vocab: raise ValueError(f"token {token!r} is not in {enc.name}'s vocabulary; load the embedding first")
-    n = 1
-    while f"{token}_{n}" in vocab: n += 1
-    return [vocab[t] for t in placeholder_tokens(token, n)]
-
-# %% ../nbs/14_tea.ipynb #a7af23b7
-@dataclass
-class TokenEdit:
-    "Rows of token tables changed in place, with the originals to put back; a context manager that undoes on exit."
-    token: str
-    ids: dict # encoder name -> edited row ids
-    before: dict = field(repr=False) # encoder name -> original rows (n, d), in the table's dtype
-    after: dict = field(repr=False) # encoder name -> the rows written
-    encoders: dict = field(repr=False) # encoder name -> TextEncoder
-    undone: bool = False
-
-    def undo(self) -> None:
-        "Write the original rows back, exactly."
-        if self.undone: return
-        with torch.no_grad():
-            for k, e in self.encoders.items(): e.table[self.ids[k]] = self.before[k].to(e.table.device)
-        self.undone = True
-
-    def __enter__(self): return self
-    def __exit__(self, *exc): self.undo()
-
 # %% ../nbs/14_tea.ipynb #30e2b176
 def _per_encoder(anchor, encs:dict) -> dict:
     "The anchor for each encoder: a word for all, a dict by encoder name, or one vector (single encoder only)."
@@ -131,7 +101,7 @@ def _per_encoder(anchor, encs:dict) -> dict:
     if len(encs) > 1: raise ValueError(f"this pipeline has encoders {sorted(encs)}: give the anchor as a word or as a dict of vectors by encoder")
     return {k: anchor for k in encs}
 
-def adjust_tokens(pipe, # an SD 1.x/2.x or SDXL pipeline whose tokenizers know `token`
+def adjust_tokens(pipe, # a pipeline of any covered family whose tokenizers know `token`
                   token:str, # the placeholder; all its vectors are edited
                   anchor, # a word, or {encoder name: vector}, or a vector for a single-encoder pipeline
                   alpha:float, # slerp factor in [0, 1]
@@ -145,12 +115,8 @@ def adjust_tokens(pipe, # an SD 1.x/2.x or SDXL pipeline whose tokenizers know `
     after = {}
     for k, e in encs.items():  # compute everything before writing anything
         rows, a = e.table.detach()[ids[k]].double(), anchor_vector(e, anchors[k])
-        new = tea_adjust(rows, a, alpha, beta) if w is None else tea_adjust_mixing(rows, a, alpha, w)
-        after[k] = new.to(e.table.dtype)
-    before = {k: e.table.detach()[ids[k]].clone() for k, e in encs.items()}
-    with torch.no_grad():
-        for k, e in encs.items(): e.table[ids[k]] = after[k].to(e.table.device)
-    return TokenEdit(token, ids, before, after, encs)
+        after[k] = tea_adjust(rows, a, alpha, beta) if w is None else tea_adjust_mixing(rows, a, alpha, w)
+    return edit_rows(encs, ids, after, token)
 
 # %% ../nbs/14_tea.ipynb #b234a3a2
 def _find(seq:list, sub:list) -> list[int]:

@@ -3,7 +3,7 @@
 Quarto cannot run here, so the offline check renders each notebook with nbconvert (its outputs as Quarto would
 take them: a figure's text/html) inside a page whose header is the one `nbs/_quarto.yml` gives every docs page,
 next to the plotly.min.js that the docs processing writes (`doc_procs` in pyproject.toml, nbs/99_api.ipynb), and
-loads it in headless Chromium with the network blocked (`dti_lens.report.browser_check`, nbs/16_report.ipynb).
+loads it in headless Chromium with the network blocked (`dti_lens.report.browser_check`, nbs/17_report.ipynb).
 """
 import html, json, os, re, shutil, subprocess, sys, tomllib, types
 from pathlib import Path
@@ -163,7 +163,7 @@ def traces_drawn(report, page:Path, tmp:Path) -> list:
 
 @pytest.mark.parametrize("path", [p for p in NOTEBOOKS if figures(load(p))], ids=lambda p: p.name)
 def test_docs_page_draws_every_figure_offline(path, tmp_path, monkeypatch):
-    report = pytest.importorskip("dti_lens.report", reason="the browser check lives in dti_lens.report (16_report)")
+    report = pytest.importorskip("dti_lens.report", reason="the browser check lives in dti_lens.report (17_report)")
     pytest.importorskip("nbconvert", reason="nbconvert renders the page (the dev extra's jupyterlab installs it)")
     if report.find_chromium() is None: pytest.skip("headless Chromium not found: apt-get install chromium")
     planned = [len(data[PLOTLY]["data"]) for _, data in figures(load(path))]
@@ -189,7 +189,7 @@ def free_port() -> int:
 def test_jupyterlab_draws_saved_figures(tmp_path):
     "JupyterLab, opened on a notebook, draws each saved figure from plotly's mimetype (jp-RenderedPlotly), offline."
     import time, urllib.request
-    report = pytest.importorskip("dti_lens.report", reason="the browser flags live in dti_lens.report (16_report)")
+    report = pytest.importorskip("dti_lens.report", reason="the browser flags live in dti_lens.report (17_report)")
     jupyter = Path(sys.executable).parent / "jupyter"
     if not jupyter.exists(): pytest.skip("JupyterLab is not installed (the dev extra installs it)")
     if report.find_chromium() is None: pytest.skip("headless Chromium not found: apt-get install chromium")
