@@ -16,11 +16,12 @@ import torch
 import dti_lens
 from . import __version__
 from .embeddings import write_text_atomic, read_embeddings, embedding_files, _encoder_name
+from .sphere import check_number, interval_text
 from .vmf import fit_vmf_mixture, match_components, mixture_figure, random_mixture
 from .zoo import BUILDERS
 from .data import synthetic_subject, load_dreambooth
 from .train import (train_dti, train_many, load_pipeline, check_device, check_run_folder, METHODS,
-                            RUN_FILES)
+                            RUN_FILES, FAMILY_DEFAULTS)
 from .diagnose import diagnose
 from .encoders import text_encoders, MAGNITUDES
 from .tea import adjust_file, _adjust_jobs
@@ -31,7 +32,7 @@ from .report import (training_report, diagnosis_report, diagnosis_html, html_pag
 __all__ = ['DEMO_PROMPTS', 'LIBRARIES', 'DREAMBOOTH_HELP', 'norm_table', 'diagnosis_text', 'demo', 'embedding_sources',
            'diagnose_file', 'diagnosis_page', 'synthetic_vocabulary', 'vmf_demo', 'commands', 'int_at_least', 'number',
            'magnitude', 'prompt', 'flag_names', 'cli_message', 'one_line_warnings', 'library_logs', 'checkpoint_step',
-           'interrupted_message', 'parser', 'main']
+           'interrupted_message', 'family_defaults', 'parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #6dfce2d1
 DEMO_PROMPTS = ("a photo of a {}", "a {} on the beach", "a watercolor painting of a {} in the snow")
@@ -193,14 +194,10 @@ def int_at_least(lo:int):
 
 def number(lo:float, hi:float|None=None, lo_open:bool=False, hi_open:bool=False):
     "An argparse type: a finite float in the interval from `lo` to `hi` (None: unbounded), ends open or closed."
-    allowed = (f"> {lo:g}" if lo_open else f">= {lo:g}") if hi is None else \
-              f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    interval = (lo, math.inf if hi is None else hi, lo_open, hi_open)
     def parse(s):
-        x = _parsed(s, float)
-        ok = x is not None and math.isfinite(x) and (x > lo if lo_open else x >= lo) and \
-             (hi is None or (x < hi if hi_open else x <= hi))
-        if not ok: raise argparse.ArgumentTypeError(f"must be a number {allowed}; got {s!r}")
-        return x
+        try: return check_number(_parsed(s, float), "value", *interval)  # the library's own check
+        except ValueError: raise argparse.ArgumentTypeError(f"must be a number {interval_text(*interval)}; got {s!r}") from None
     return parse
 
 def magnitude(s:str):
@@ -307,25 +304,32 @@ def interrupted_message(a) -> str:
     return f"interrupted: --resume continues {where}{rest}"
 
 # %% ../nbs/90_cli.ipynb #17ca339f
+def family_defaults(key:str) -> str:
+    "Each family's default of a training setting, grouped by value: '400 for sdxl, sd; 500 for ...'."
+    by = {}
+    for fam, d in FAMILY_DEFAULTS.items(): by.setdefault(d[key], []).append(fam)
+    say = lambda v: "the model's own" if v is None else f"{v:g}"
+    return "; ".join(f"{say(v)} for {', '.join(fams)}" for v, fams in by.items())
+
 def _training_flags(p):
     "The flags `train` and `train-many` share."
     p.add_argument("--model", required=True,
-                   help="model id, pipeline folder, or tiny:sd15|sd21|sdxl|sana (a tiny zoo pipeline)")
+                   help=f"model id, pipeline folder, or tiny:{'|'.join(BUILDERS)} (a tiny zoo pipeline)")
     p.add_argument("--output-dir", required=True, help="folder for the embeddings, log.jsonl, checkpoint.pt, samples")
     p.add_argument("--method", default="dti", choices=METHODS, help="dti (default), ti, adamw_sphere or crossinit")
-    p.add_argument("--steps", type=int_at_least(1), help="optimisation steps (default: the family's, 400; SANA 500)")
+    p.add_argument("--steps", type=int_at_least(1), help=f"optimisation steps (default: {family_defaults('steps')})")
     p.add_argument("--lr", type=number(0, lo_open=True), help="learning rate; for dti the tangent of each step's angle "
                    "(default: 0.04 for dti and adamw_sphere, 0.02 for ti and crossinit)")
-    p.add_argument("--kappa", type=number(0), help="vMF prior strength, dti only (default: 1e-4; SANA 5e-5)")
+    p.add_argument("--kappa", type=number(0), help=f"vMF prior strength, dti only (default: {family_defaults('kappa')})")
     p.add_argument("--beta", type=number(0, 1, hi_open=True), default=0.0,
                    help="EMA factor of the squared gradient norm, in [0, 1) (default 0.0: plain normalisation)")
     p.add_argument("--magnitude", type=magnitude, default="mean",
                    help="m*, the norm dti fixes: mean, max or min of the vocabulary's row norms, or a number "
                         "(default mean)")
-    p.add_argument("--batch-size", type=int_at_least(1), help="images per micro-batch (default: 4; SANA 2)")
-    p.add_argument("--grad-accum", type=int_at_least(1), help="micro-batches per step (default: 1; SANA 2)")
+    p.add_argument("--batch-size", type=int_at_least(1), help=f"images per micro-batch (default: {family_defaults('batch_size')})")
+    p.add_argument("--grad-accum", type=int_at_least(1), help=f"micro-batches per step (default: {family_defaults('grad_accum')})")
     p.add_argument("--resolution", type=int_at_least(1), help="training side in pixels, a multiple of the model's latent "
-                   "factor (default: the model's own; SDXL 768)")
+                   f"factor (default: {family_defaults('resolution')}; never above the model's own)")
     p.add_argument("--crop", choices=("random", "center"), default="random",
                    help="random crops of the resized image (default random, as the reference) or center")
     p.add_argument("--crops", type=int_at_least(1), default=4,

@@ -13,8 +13,8 @@ import torch
 import plotly.graph_objects as go
 
 # %% auto #0
-__all__ = ['as_vectors', 'normalize', 'angle', 'project_tangent', 'retract', 'exp_map', 'log_map', 'slerp',
-           'interpolation_figure', 'Neighbours', 'nearest']
+__all__ = ['as_vectors', 'as_vector', 'interval_text', 'check_number', 'normalize', 'angle', 'project_tangent', 'retract',
+           'exp_map', 'log_map', 'slerp', 'interpolation_figure', 'Neighbours', 'nearest']
 
 # %% ../nbs/00_sphere.ipynb #cacf0bb5
 def as_vectors(x, # array-like of shape (..., d)
@@ -27,6 +27,38 @@ def as_vectors(x, # array-like of shape (..., d)
     if x.shape[-1] == 0: raise ValueError(f"{name} must have at least one coordinate; got shape {tuple(x.shape)}")
     if not torch.isfinite(x).all(): raise ValueError(f"{name} has NaN or inf entries")
     return x
+
+# %% ../nbs/00_sphere.ipynb #8ccb08bb
+def as_vector(x, # array-like
+              name:str, # argument name used in error messages
+              width:int, # the required last dimension d
+              rows:bool=False, # also accept (n, d)
+              what:str="the width of the token table", # what d is, for the message
+             ) -> torch.Tensor: # floating tensor (d,) or (n, d) with finite entries
+    "`x` as a floating tensor of shape (d,) (with `rows`, also (n, d)), or a `ValueError` naming `name`."
+    x = as_vectors(x, name)
+    if x.shape != (width,) and not (rows and x.ndim == 2 and x.shape[1] == width):
+        want = f"({width},)" + (f" or (n, {width})" if rows else "")
+        raise ValueError(f"{name} must have shape {want}, {what}; got {tuple(x.shape)}")
+    return x
+
+def interval_text(lo:float=-math.inf, hi:float=math.inf, lo_open:bool=False, hi_open:bool=False) -> str:
+    "An interval as error messages write it: 'in [0, 1)', '> 0', '>= 1', '<= 5', or 'finite'."
+    if math.isinf(lo) and math.isinf(hi): return "finite"
+    if math.isinf(hi): return f"{'>' if lo_open else '>='} {lo:g}"
+    if math.isinf(lo): return f"{'<' if hi_open else '<='} {hi:g}"
+    return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+def check_number(x, # the value given
+                 name:str, # argument name used in error messages
+                 lo:float=-math.inf, hi:float=math.inf, # the interval's ends
+                 lo_open:bool=False, hi_open:bool=False, # whether an end is excluded
+                ) -> float:
+    "`x` as a finite float in the interval (bools and NaN refused), or a `ValueError` naming `name`."
+    ok = not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
+    ok = ok and (x > lo if lo_open else x >= lo) and (x < hi if hi_open else x <= hi)
+    if not ok: raise ValueError(f"{name} must be a number {interval_text(lo, hi, lo_open, hi_open)}; got {x!r}")
+    return float(x)
 
 # %% ../nbs/00_sphere.ipynb #88579b82
 def _split(x, name):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .sphere import as_vectors, slerp, _split, _check_not_antipodal
+from .sphere import as_vectors, as_vector, check_number, slerp, _split, _check_not_antipodal
 from .encoders import (TextEncoder, text_encoders, word_pieces, placeholder_tokens, expand_placeholder, m_star,
                                token_ids, edit_rows, TokenEdit)
 from .pipelines import adapter
@@ -22,18 +22,6 @@ __all__ = ['TEA_POSITIONS', 'ALPHA_GRID', 'tea_adjust', 'tea_adjust_mixing', 'an
            'prompt_spans', 'counterparts', 'prompt_embeds_tea', 'AutoTea', 'auto_tea', 'adjust_file']
 
 # %% ../nbs/14_tea.ipynb #df82c92e
-def _check_alpha(alpha) -> float:
-    "`alpha` as a float in [0, 1], or a ValueError naming it."
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be a number in [0, 1]; got {alpha!r}")
-    return float(alpha)
-
-def _check_positive(x, name:str) -> float:
-    "`x` as a positive finite float, or a ValueError naming it."
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < math.inf:
-        raise ValueError(f"{name} must be a positive finite number; got {x!r}")
-    return float(x)
-
 def _directions(v, anchor):
     "Validated unit directions and norms of `v` (..., d) and `anchor` (broadcastable), checked not antipodal."
     v, anchor = as_vectors(v, "v"), as_vectors(anchor, "anchor")
@@ -55,7 +43,7 @@ def tea_adjust(v, # learned vectors V*, shape (..., d)
                beta:float=1.0, # target norm as a multiple of |anchor| (> 0)
               ) -> torch.Tensor: # adjusted vectors, shape of the broadcast, norm beta * |anchor|
     "TEA as the paper writes it: rescale `v` and `anchor` to beta |anchor|, then slerp by `alpha`."
-    alpha, beta = _check_alpha(alpha), _check_positive(beta, "beta")
+    alpha, beta = check_number(alpha, "alpha", 0, 1), check_number(beta, "beta", 0, lo_open=True)
     vh, vn, ah, an = _directions(v, anchor)
     return _turn(vh, ah, alpha, beta * an)
 
@@ -65,8 +53,8 @@ def tea_adjust_mixing(v, # learned vectors V*, shape (..., d)
                       w:float=0.5, # norm mixing weight in [0, 1] (the public code's `alpha`): m = (1 - w)|v| + w|anchor|
                      ) -> torch.Tensor: # adjusted vectors; each row's norm is its own m
     "TEA as the public code runs it: the target norm mixes |v| and |anchor| per row."
-    alpha = _check_alpha(alpha)
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1: raise ValueError(f"w must be a number in [0, 1]; got {w!r}")
+    alpha = check_number(alpha, "alpha", 0, 1)
+    w = check_number(w, "w", 0, 1)
     vh, vn, ah, an = _directions(v, anchor)
     return _turn(vh, ah, alpha, (1 - w) * vn + w * an)
 
@@ -87,9 +75,7 @@ def anchor_vector(enc:TextEncoder, # the text encoder whose token table holds th
     if isinstance(word_or_vector, str):
         ids = word_pieces(enc, word_or_vector, "anchor")
         return _mean_row(enc.table.detach()[ids].double())
-    a = as_vectors(word_or_vector, "anchor")
-    if a.shape != (enc.width,): raise ValueError(f"anchor for {enc.name} must have shape ({enc.width},); got {tuple(a.shape)}")
-    return a.detach().double()
+    return as_vector(word_or_vector, "anchor", enc.width, what=f"the width of {enc.name}").detach().double()
 
 # %% ../nbs/14_tea.ipynb #30e2b176
 def _per_encoder(anchor, encs:dict) -> dict:
@@ -203,7 +189,7 @@ def prompt_embeds_tea(pipe, # a pipeline of any covered family whose tokenizers 
                       positions:str="all", # "all": every position (the paper); "placeholder": its spans only
                      ) -> dict: # prompt_embeds (pooled_prompt_embeds, prompt_attention_mask) for `pipe(**kwargs)`
     "Prompt-level TEA: each position of `prompt`'s encoder outputs pulled toward its counterpart with `anchor_word`."
-    alpha, beta = _check_alpha(alpha), _check_positive(beta, "beta")
+    alpha, beta = check_number(alpha, "alpha", 0, 1), check_number(beta, "beta", 0, lo_open=True)
     if not isinstance(positions, str) or positions not in TEA_POSITIONS:
         raise ValueError(f"positions must be one of {TEA_POSITIONS}; got {positions!r}")
     fam = adapter(pipe)
@@ -250,7 +236,7 @@ def auto_tea(enc:TextEncoder, # the text encoder (with absolute positions: CLIP,
     v = as_vectors(vectors, "vectors").detach().double()
     v = v[None] if v.ndim == 1 else v
     a, ms = anchor_vector(enc, anchor), m_star(enc)
-    beta, alphas = ms / float(a.norm()), sorted(_check_alpha(x) for x in alphas)
+    beta, alphas = ms / float(a.norm()), sorted(check_number(x, "alphas", 0, 1) for x in alphas)
     if not alphas: raise ValueError("alphas must not be empty")
     cands = {al: tea_adjust(v, a, al, beta) for al in alphas}
     emb = {f"{al}/{i}": r for al, rows in cands.items() for i, r in enumerate(rows)}
@@ -326,7 +312,7 @@ def adjust_file(src, # an embedding file of any format `read_embeddings` reads, 
                ) -> dict: # encoder -> (alpha, beta) used; for a folder, "file name:encoder" -> (alpha, beta)
     "TEA on every encoder's rows of an embedding file or folder, written back in each file's format, layouts, dtypes."
     if not isinstance(anchor, str) or not anchor.strip(): raise ValueError(f"anchor must be a word; got {anchor!r}")
-    if not auto: alpha, beta = _check_alpha(alpha), _check_positive(beta, "beta")
+    if not auto: alpha, beta = check_number(alpha, "alpha", 0, 1), check_number(beta, "beta", 0, lo_open=True)
     encs, src = text_encoders(pipe), Path(src)
     jobs, widths = _adjust_jobs(src, Path(out)), {k: e.width for k, e in encs.items()}
     plan = [{s: _encoder_name(emb, s, r.shape[1], widths) for s, r in emb.vectors.items()} for emb, _ in jobs]
