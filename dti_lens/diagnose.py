@@ -73,11 +73,16 @@ def _problems(self:Diagnosis) -> list[str]:
     if self.angle < ANGLE_KEPT * self.vocab_angle: out.append(f"residual stagnation ({self.angle / self.vocab_angle:.2f} x words' angles)")
     return out
 
+def _advice(self:Diagnosis) -> str:
+    "What to try: `--auto` (`auto_tea`) picks alpha with the position probe, so only where the probe applies."
+    if self.probe: return "try TEA: `dti-lens adjust --auto`"
+    return "try TEA: `dti-lens adjust --alpha 0.2 --beta 1`; --auto needs absolute positions"
+
 def _verdict(self:Diagnosis) -> str:
     "One line: in distribution, or what is wrong and what to try."
     bad = _problems(self)
     if not bad: return f"in distribution: norm {self.norm / self.m_star:.2f} x m*, position and residual angles like vocabulary words'"
-    return "out of distribution: " + "; ".join(bad) + " (try TEA: `dti-lens adjust --auto`)"
+    return "out of distribution: " + "; ".join(bad) + f" ({_advice(self)})"
 
 Diagnosis.summary = lambda self: _summary(self) + "\nverdict: " + _verdict(self)
 Diagnosis.__repr__ = Diagnosis.summary

@@ -79,8 +79,9 @@ def save_embeddings(output_dir, # folder for the files (created if needed)
                     token:str, # the placeholder, e.g. "<dog>"
                     embeddings:dict, # encoder name ("text_encoder", "text_encoder_2") -> learned rows (n, d)
                     metadata:dict|None=None, # extra safetensors metadata; non-str values are JSON-encoded
+                    single_file:bool|None=None, # also the A1111/ComfyUI SDXL file (clip_l, clip_g); None: for two encoders
                    ) -> dict[str, Path]:
-    "Write diffusers' `learned_embeds*.safetensors` and, for two encoders, the A1111/ComfyUI SDXL file."
+    "Write diffusers' `learned_embeds*.safetensors` and, for SDXL's two encoders, the A1111/ComfyUI single file."
     from dti_lens import __version__   # lazily: dti_lens/__init__ imports the modules
     if not isinstance(token, str) or not token.strip(): raise ValueError(f"token must be a non-empty string; got {token!r}")
     if not isinstance(embeddings, dict) or not embeddings:
@@ -89,7 +90,8 @@ def save_embeddings(output_dir, # folder for the files (created if needed)
     rows = {k: _check_rows(k, embeddings[k]) for k in SLOTS if k in embeddings}
     meta = {str(k): v if isinstance(v, str) else json.dumps(v, default=str) for k, v in (metadata or {}).items()}
     meta.update(token=token, format="diffusers", dti_lens_version=__version__)
-    if single := len(rows) == 2:
+    if single_file and len(rows) != 2: raise ValueError(f"single_file needs rows for both {SLOTS}; got {sorted(rows)}")
+    if single := len(rows) == 2 if single_file is None else single_file:
         stem = _stem(token)
         if stem in ("learned_embeds", "learned_embeds_2"): raise ValueError(f"token {token!r} would name the SDXL file like a diffusers file; choose another")
         if len({len(r) for r in rows.values()}) > 1:
@@ -448,7 +450,7 @@ def _plan(emb:EmbeddingFile, encs:dict) -> dict:
     return {_encoder_name(emb, slot, rows.shape[1], widths): rows for slot, rows in vectors.items()}
 
 # %% ../nbs/12_embeddings.ipynb #ead2cc4d
-def load_embeddings(pipe, # a diffusers pipeline (SD 1.x/2.x, SDXL, SANA)
+def load_embeddings(pipe, # a diffusers pipeline (SD 1.x/2.x, SDXL, SANA, Wan2.1, Flux)
                     path, # an embedding file, or a folder (diffusers' learned_embeds files, else its embedding file)
                     token:str|None=None, # the prompt token; default: the file's own, else the file name
                    ) -> dict[str, list[str]]:

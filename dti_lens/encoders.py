@@ -102,7 +102,8 @@ def add_placeholder(enc:TextEncoder, tokens:list[str], rows:torch.Tensor) -> lis
     if rows.shape != (len(tokens), enc.width): raise ValueError(f"rows for {enc.name} must have shape ({len(tokens)}, {enc.width}); got {tuple(rows.shape)}")
     for t in tokens: check_placeholder(enc, t)
     enc.tokenizer.add_tokens(tokens)
-    enc.model.resize_token_embeddings(len(enc.tokenizer), mean_resizing=False)  # rows are written next
+    if len(enc.tokenizer) > len(enc.table):  # grow only: T5's table has 28 spare rows beyond its tokenizer's 32,100
+        enc.model.resize_token_embeddings(len(enc.tokenizer), mean_resizing=False)  # rows are written next
     ids = enc.tokenizer.convert_tokens_to_ids(tokens)
     with torch.no_grad(): enc.table[ids] = rows.to(enc.table)
     return ids

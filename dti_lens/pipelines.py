@@ -44,6 +44,7 @@ class Family:
     defaults:dict = dict(steps=400, batch_size=4, grad_accum=1, resolution=None, kappa=1e-4) # the family's launcher
     call_names:dict = dict(encoder_hidden_states="prompt_embeds") # conditioning key -> the pipeline call's argument
     expands_tokens:bool = True # the pipeline writes a multi-vector token's vectors itself
+    single_file:bool = False # A1111 and ComfyUI load this family's two-encoder tokens as one file (SDXL: clip_l/clip_g)
 
     def __init__(self, pipe):
         self.pipe, self.encoders = pipe, text_encoders(pipe)
@@ -80,7 +81,7 @@ def encode(self:Family, batch:dict, device=None) -> dict:
 
 @patch
 def encode_prompt(self:Family, prompts:list[str]) -> dict:
-    "The same conditioning from the pipeline's own `encode_prompt`, without guidance: the inference view."
+    "The same conditioning from the pipeline's own `encode_prompt`, without guidance and without gradients: the inference view."
     raise NotImplementedError(f"{type(self).__name__} does not define encode_prompt")
 
 @patch
@@ -219,6 +220,7 @@ class SD(Diffusion):
         ids = batch["text_encoder"]["input_ids"].to(device or self.device)
         return dict(encoder_hidden_states=self.encoders["text_encoder"].model(ids)[0])
 
+    @torch.no_grad()
     def encode_prompt(self, prompts):
         return dict(encoder_hidden_states=self.pipe.encode_prompt(prompts, self.device, 1, False)[0])
 
@@ -227,6 +229,7 @@ class SDXL(Diffusion):
     "SDXL: hidden_states[-2] of CLIP-L and OpenCLIP-G side by side, G's pooled projection, and the time ids."
     name, pipelines = "sdxl", ("StableDiffusionXL",)
     sequence, pooled, pooled_key = ("text_encoder", "text_encoder_2"), "text_encoder_2", "text_embeds"
+    single_file = True
     defaults = dict(Family.defaults, resolution=768)  # the reference launcher trains SDXL at 768 px
     call_names = dict(encoder_hidden_states="prompt_embeds", text_embeds="pooled_prompt_embeds")
 
@@ -236,6 +239,7 @@ class SDXL(Diffusion):
         hidden = torch.cat([o.hidden_states[-2] for o in outs.values()], dim=-1)
         return dict(encoder_hidden_states=hidden, text_embeds=outs["text_encoder_2"][0])
 
+    @torch.no_grad()
     def encode_prompt(self, prompts):
         pe, _, pooled, _ = self.pipe.encode_prompt(prompts, device=self.device, do_classifier_free_guidance=False)
         return dict(encoder_hidden_states=pe, text_embeds=pooled)
@@ -290,6 +294,7 @@ class Sana(FlowMatching):
         h = self.encoders["text_encoder"].model(ids, attention_mask=mask)[0]
         return dict(encoder_hidden_states=h, encoder_attention_mask=mask)
 
+    @torch.no_grad()
     def encode_prompt(self, prompts):
         pe, mask, _, _ = self.pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=self.device,
                                                  complex_human_instruction=None)
@@ -319,6 +324,7 @@ class Wan(FlowMatching):
         h = self.encoders["text_encoder"].model(ids, mask).last_hidden_state
         return dict(encoder_hidden_states=h * mask[..., None].to(h.dtype))  # the pipeline zeroes padding states
 
+    @torch.no_grad()
     def encode_prompt(self, prompts):
         pe, _ = self.pipe.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=512, device=self.device)
         return dict(encoder_hidden_states=pe)
@@ -365,6 +371,7 @@ class Flux(FlowMatching):
         t5 = self.encoders["text_encoder_2"].model(batch["text_encoder_2"]["input_ids"].to(dev))[0]
         return dict(encoder_hidden_states=t5, pooled_projections=clip)
 
+    @torch.no_grad()
     def encode_prompt(self, prompts):
         pe, pooled, _ = self.pipe.encode_prompt(prompts, prompt_2=None, device=self.device, max_sequence_length=512)
         return dict(encoder_hidden_states=pe, pooled_projections=pooled)

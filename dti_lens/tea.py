@@ -13,7 +13,7 @@ import torch
 
 from .sphere import as_vectors, as_vector, check_number, slerp, _split, _check_not_antipodal
 from .encoders import (TextEncoder, text_encoders, word_pieces, placeholder_tokens, expand_placeholder, m_star,
-                               token_ids, edit_rows, TokenEdit)
+                               token_ids, edit_rows, TokenEdit, anatomy)
 from .pipelines import adapter
 from .probe import position_probe
 
@@ -225,6 +225,12 @@ class AutoTea:
     reached: bool # whether some alpha met the criterion
 
 # %% ../nbs/14_tea.ipynb #61b52e1e
+def _check_probe(enc:TextEncoder) -> None:
+    "A ValueError before any work unless `auto_tea` can probe `enc` (absolute positions), saying what to do instead."
+    if anatomy(enc.model).positions is None:
+        raise ValueError(f"auto chooses alpha with the position probe, which {enc.name} ({type(enc.model).__name__}) "
+                         "cannot take: it has no absolute positions; give alpha and beta instead (e.g. alpha 0.2, beta 1)")
+
 def auto_tea(enc:TextEncoder, # the text encoder (with absolute positions: CLIP, BERT) the vectors belong to
              vectors, # learned vectors V*, (d,) or (n, d)
              anchor, # anchor word or vector (d,)
@@ -233,6 +239,7 @@ def auto_tea(enc:TextEncoder, # the text encoder (with absolute positions: CLIP,
              **probe_kw, # passed to `position_probe` (seed, steps, n_tokens, ...)
             ) -> AutoTea:
     "TEA with beta = m*/|c| and the smallest alpha whose position recoverability matches vocabulary words'."
+    _check_probe(enc)
     v = as_vectors(vectors, "vectors").detach().double()
     v = v[None] if v.ndim == 1 else v
     a, ms = anchor_vector(enc, anchor), m_star(enc)
@@ -276,6 +283,7 @@ def _auto_choices(jobs, plan, encs:dict, anchor:str, progress:bool) -> dict:
     "auto_tea's (alpha, beta) for each distinct (encoder, rows) of the files: one probe each, behind a tqdm bar."
     todo = {_rows_key(name, emb.vectors[slot]): emb.vectors[slot] for (emb, _), names in zip(jobs, plan)
             for slot, name in names.items()}
+    for name in {key[0] for key in todo}: _check_probe(encs[name])  # every encoder checked before the first probe
     out = {}
     for key, rows in tqdm(todo.items(), desc="auto_tea probes", disable=not progress):
         a = auto_tea(encs[key[0]], rows.double(), anchor, steps=300, n_tokens=512)

@@ -570,7 +570,7 @@ def _finish(run:Run) -> TrainResult:
     emb = {k: s.embedding().detach().float().cpu().contiguous() for k, s in slots.items()}
     files = {}
     if run.out:
-        files = save_embeddings(run.out, c.token, emb, _metadata(run.fam.pipe, c, slots, c.steps))
+        files = save_embeddings(run.out, c.token, emb, _metadata(run.fam.pipe, c, slots, c.steps), run.fam.single_file)
         save_checkpoint(run, run.out / "checkpoint.pt")
     return TrainResult(c.token, c.method, {k: s.tokens for k, s in slots.items()}, emb, {k: s.m_star for k, s in slots.items()},
                        {k: s.mu.detach().cpu() for k, s in slots.items()}, run.log, files, run.samples, run.nan_steps)

@@ -12,8 +12,11 @@ from safetensors.torch import load_file, save_file
 
 from dti_lens.embeddings import (embedding_files, load_embeddings, read_embeddings, save_embeddings, write_atomic,
                                  write_like, write_text_atomic)
+from dti_lens.data import synthetic_subject
 from dti_lens.encoders import placeholder_tokens, text_encoders
-from dti_lens.zoo import tiny_pipeline
+from dti_lens.pipelines import adapter
+from dti_lens.train import train_dti
+from dti_lens.zoo import BUILDERS, tiny_pipeline
 
 PROMPT = "a photo of a <dog> on the beach"
 
@@ -206,6 +209,95 @@ def test_diffusers_loads_our_sdxl_files_like_we_do(tmp_path, how):
         a, b = getattr(theirs, tok), getattr(ours, tok)
         assert a.tokenize(theirs.maybe_convert_prompt(PROMPT, a)) == b.tokenize(ours.maybe_convert_prompt(PROMPT, b))
     for a, b in zip(sdxl_prompt_embeds(theirs), sdxl_prompt_embeds(ours)): assert torch.equal(a, b)
+
+
+# --- every family: a training run's folder loads into a fresh pipeline --------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    "kind -> (pipeline, TrainResult, output folder) of 2 dti steps on <tok>, several vectors ('teddybear')."
+    runs = {}
+    def get(kind):
+        if kind not in runs:
+            out, pipe = tmp_path_factory.mktemp(kind), tiny_pipeline(kind)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # "init 'teddybear' is n word pieces"
+                r = train_dti(pipe, synthetic_subject(2, 64), "<tok>", "teddybear", method="dti", steps=2,
+                              batch_size=1, grad_accum=1, resolution=64, progress=False, output_dir=out)
+            runs[kind] = pipe, r, out
+        return runs[kind]
+    return get
+
+
+def conditioning(pipe, prompt="a photo of a <tok>", n=1):
+    "The conditioning of `prompt` from the pipeline's own encode_prompt (n vectors written out where needed)."
+    fam = adapter(pipe)
+    with torch.no_grad(): return fam.encode_prompt([fam.pipeline_prompt(prompt, "<tok>", n)])
+
+
+FILES = {"text_encoder": "learned_embeds.safetensors", "text_encoder_2": "learned_embeds_2.safetensors"}
+
+
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
+def test_a_trained_folder_round_trips_on_every_family(trained, kind):
+    "Each encoder's rows as the trainer left them; a fresh pipeline conditions as the trained one."
+    pipe, r, out = trained(kind)
+    fresh = tiny_pipeline(kind)
+    assert load_embeddings(fresh, out) == r.tokens
+    for name, tokens in r.tokens.items():
+        rows = load_file(out / FILES[name])["<tok>"]          # the file as safetensors reads it
+        assert rows.shape == (len(tokens), text_encoders(fresh)[name].width)
+        for p in (pipe, fresh): assert torch.equal(rows_of(p, name, tokens), rows), name
+    want, got = (conditioning(p, n=len(next(iter(r.tokens.values())))) for p in (pipe, fresh))
+    assert want.keys() == got.keys() and "encoder_hidden_states" in want
+    for k in want: torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6, msg=f"{kind}: {k}")
+    single = ["tok.safetensors"] if kind == "sdxl" else []  # clip_l/clip_g: the A1111 file is SDXL's only
+    assert sorted(f.name for f in out.glob("*.safetensors")) == sorted([FILES[n] for n in r.tokens] + single)
+
+
+def test_diffusers_loads_our_flux_run_like_we_do(trained):
+    "FluxPipeline.load_textual_inversion fills CLIP (pooled output); pointed at T5, as for SDXL, T5 too."
+    _, r, out = trained("flux")
+    theirs, ours = tiny_pipeline("flux"), tiny_pipeline("flux")
+    theirs.load_textual_inversion(str(out / "learned_embeds.safetensors"), token="<tok>")
+    load_embeddings(ours, out)
+    for name, tok in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
+        rows = load_file(out / FILES[name])["<tok>"]
+        assert torch.equal(rows_of(ours, name, r.tokens[name]), rows), name
+        if name == "text_encoder_2":
+            assert "<tok>" not in theirs.tokenizer_2.get_vocab()   # the plain call left T5 alone
+            theirs.load_textual_inversion(str(out / FILES[name]), token="<tok>",
+                                          text_encoder=theirs.text_encoder_2, tokenizer=theirs.tokenizer_2)
+        assert getattr(theirs, tok).get_added_vocab() == getattr(ours, tok).get_added_vocab(), tok
+        assert torch.equal(rows_of(theirs, name, r.tokens[name]), rows), name
+        a, b = conditioning(theirs), conditioning(ours)
+        key = "pooled_projections" if name == "text_encoder" else "encoder_hidden_states"
+        assert torch.equal(a[key], b[key]), key
+    assert not torch.equal(b["pooled_projections"], conditioning(tiny_pipeline("flux"))["pooled_projections"])
+
+
+def test_wan_generates_with_a_loaded_token(trained):
+    "WanPipeline has no textual-inversion loader: ours adds the token to UMT5; its call looks it up."
+    _, r, out = trained("wan")
+    pipe = tiny_pipeline("wan")
+    load_embeddings(pipe, out)
+    rows = load_file(out / "learned_embeds.safetensors")["<tok>"]
+    ids = pipe.tokenizer.convert_tokens_to_ids(placeholder_tokens("<tok>", len(rows)))
+    seen = []   # (input ids, UMT5 input embeddings) of each lookup: the prompt's, then the negative prompt's
+    record = lambda m, args, o: seen.append((args[0], o))
+    hook = pipe.text_encoder.get_input_embeddings().register_forward_hook(record)
+    prompt = adapter(pipe).pipeline_prompt("a photo of a <tok>", "<tok>", len(rows))
+    try:
+        frames = pipe(prompt, num_frames=1, height=64, width=64, num_inference_steps=1, output_type="np",
+                      generator=torch.Generator().manual_seed(0)).frames
+    finally: hook.remove()
+    assert frames.shape == (1, 1, 64, 64, 3) and np.isfinite(frames).all()
+    with_token = [(x[0], e[0]) for x, e in seen if torch.isin(x, torch.tensor(ids)).any()]
+    assert len(with_token) == 1, len(seen)
+    x, e = with_token[0]
+    for tid, row in zip(ids, rows):
+        (pos,), = (x == tid).nonzero(as_tuple=True)
+        assert torch.equal(e[pos], row)
 
 
 def test_we_load_diffusers_sdxl_training_output(tmp_path):
