@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import plotly.graph_objects as go
 
-from .sphere import as_vectors, normalize, nearest
+from .sphere import as_vectors, as_vector, normalize, nearest
 from .vmf import VMFMixture, fit_vmf_mixture
 from .encoders import TextEncoder, anatomy, placeholder_tokens, word_pieces
 
@@ -98,9 +98,7 @@ def _norm_stats(model, tokenizer, norms, ids) -> NormStats:
 # %% ../nbs/04_geometry.ipynb #ac7f8016
 def _vector(model, vector, name) -> torch.Tensor:
     "`vector` as a float tensor of shape (d,) for `model`'s table, or a ValueError naming `name`."
-    v, d = as_vectors(vector, name), anatomy(model).width
-    if v.shape != (d,): raise ValueError(f"{name} must have shape ({d},), the width of the token table; got {tuple(v.shape)}")
-    return v
+    return as_vector(vector, name, anatomy(model).width)
 
 def norm_percentile(model:torch.nn.Module, # a text encoder
                     vector, # a vector of the table's width (d,)
@@ -118,10 +116,7 @@ def _learned(model, learned:dict|None) -> list[tuple[str, torch.Tensor]]:
     d, out = anatomy(model).width, []
     for name, rows in (learned or {}).items():
         arg = f"learned[{name!r}]"
-        rows = as_vectors(rows, arg)
-        if rows.ndim not in (1, 2) or rows.shape[-1] != d:
-            raise ValueError(f"{arg} must have shape ({d},) or (n, {d}), the width of the token table; got {tuple(rows.shape)}")
-        rows = rows.reshape(-1, d)
+        rows = as_vector(rows, arg, d, rows=True).reshape(-1, d)
         out += list(zip(placeholder_tokens(str(name), len(rows)), rows))
     return out
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 import plotly.graph_objects as go
 
+from .sphere import as_vector, check_number
 from .encoders import Anatomy, anatomy
 
 # %% auto #0
@@ -48,16 +49,14 @@ def check_absolute_positions(a:Anatomy, name:str="the text encoder") -> None:
 def _check_scales(scales) -> tuple:
     "`scales` as a tuple of positive finite numbers, or a ValueError."
     scales = tuple(scales) if isinstance(scales, (list, tuple)) else (scales,)
-    if not scales or any(isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < math.inf for s in scales):
-        raise ValueError(f"scales must be positive finite numbers; got {scales!r}")
-    return scales
+    if not scales: raise ValueError("scales must hold at least one number > 0; got none")
+    return tuple(check_number(s, "scales", 0, lo_open=True) for s in scales)
 
 def _check_embeddings(embeddings, width:int) -> dict:
     "`embeddings` as {name: float32 vector (width,)}, or a ValueError."
     out = {}
     for name, v in (embeddings or {}).items():
-        v = torch.as_tensor(v).detach().float().cpu()
-        if v.shape != (width,): raise ValueError(f"embeddings[{name!r}] must be a vector of the encoder's width, shape ({width},); got {tuple(v.shape)}")
+        v = as_vector(torch.as_tensor(v).detach(), f"embeddings[{name!r}]", width, what="the encoder's width").float().cpu()
         if not (torch.isfinite(v).all() and v.norm() > 0): raise ValueError(f"embeddings[{name!r}] must be finite and non-zero")
         out[name] = v
     return out

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from .sphere import angle, as_vectors
+from .sphere import angle, as_vectors, as_vector
 from .encoders import TextEncoder, anatomy, embedded, word_pieces
 from .probe import _check_scales  # the same check as the position probe
 
@@ -209,9 +209,7 @@ class ResidualAngles:
 # %% ../nbs/06_residual.ipynb #de225a74
 def _check_embedding(embedding, width:int) -> torch.Tensor:
     "`embedding` as a float64 vector of the encoder's width, or a ValueError."
-    e = as_vectors(torch.as_tensor(embedding).detach(), "embedding")
-    if e.shape != (width,): raise ValueError(f"embedding must have shape ({width},) (the encoder's width); got {tuple(e.shape)}")
-    return e.double()
+    return as_vector(torch.as_tensor(embedding).detach(), "embedding", width, what="the encoder's width").double()
 
 # %% ../nbs/06_residual.ipynb #890afb89
 def residual_angles(text_encoder:torch.nn.Module, # a text encoder `anatomy` covers (CLIP, Gemma-2, T5, BERT)
