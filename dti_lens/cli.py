@@ -16,7 +16,7 @@ import torch
 import dti_lens
 from . import __version__
 from .embeddings import write_text_atomic, read_embeddings, embedding_files, _encoder_name
-from .sphere import check_number, interval_text
+from .sphere import check_int, check_number, interval_text
 from .vmf import fit_vmf_mixture, match_components, mixture_figure, random_mixture
 from .zoo import BUILDERS
 from .data import synthetic_subject, load_dreambooth
@@ -187,9 +187,8 @@ def _parsed(s:str, kind):
 def int_at_least(lo:int):
     "An argparse type: an int >= `lo`."
     def parse(s):
-        x = _parsed(s, int)
-        if x is None or x < lo: raise argparse.ArgumentTypeError(f"must be an int >= {lo}; got {s!r}")
-        return x
+        try: return check_int(_parsed(s, int), "value", lo)  # the library's own check
+        except ValueError: raise argparse.ArgumentTypeError(f"must be an int >= {lo}; got {s!r}") from None
     return parse
 
 def number(lo:float, hi:float|None=None, lo_open:bool=False, hi_open:bool=False):

@@ -13,8 +13,8 @@ import torch
 import plotly.graph_objects as go
 
 # %% auto #0
-__all__ = ['as_vectors', 'as_vector', 'interval_text', 'check_number', 'normalize', 'angle', 'project_tangent', 'retract',
-           'exp_map', 'log_map', 'slerp', 'interpolation_figure', 'Neighbours', 'nearest']
+__all__ = ['as_vectors', 'as_vector', 'interval_text', 'check_number', 'check_int', 'normalize', 'angle', 'project_tangent',
+           'retract', 'exp_map', 'log_map', 'slerp', 'interpolation_figure', 'Neighbours', 'nearest']
 
 # %% ../nbs/00_sphere.ipynb #cacf0bb5
 def as_vectors(x, # array-like of shape (..., d)
@@ -59,6 +59,14 @@ def check_number(x, # the value given
     ok = ok and (x > lo if lo_open else x >= lo) and (x < hi if hi_open else x <= hi)
     if not ok: raise ValueError(f"{name} must be a number {interval_text(lo, hi, lo_open, hi_open)}; got {x!r}")
     return float(x)
+
+def check_int(x, # the value given
+              name:str, # argument name used in error messages
+              lo:int=1, # the smallest allowed
+             ) -> int:
+    "`x` as an int >= `lo` (bools refused), or a `ValueError` naming `name`."
+    if isinstance(x, bool) or not isinstance(x, int) or x < lo: raise ValueError(f"{name} must be an int >= {lo}; got {x!r}")
+    return x
 
 # %% ../nbs/00_sphere.ipynb #88579b82
 def _split(x, name):

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-from .sphere import normalize
+from .sphere import normalize, check_int, check_number
 from .encoders import (TextEncoder, text_encoders, m_star, check_magnitude, word_pieces, placeholder_tokens,
                                expand_placeholder, check_placeholder, add_placeholder, learned_rows)
 from .pipelines import Family, FAMILIES, LatentCache, adapter
@@ -57,24 +57,17 @@ class TrainConfig:
         self.templates = tuple(self.templates)
 
 # %% ../nbs/13_train.ipynb #d00040d3
-def _positive_int(name, x, optional=False):
-    if optional and x is None: return
-    if isinstance(x, bool) or not isinstance(x, int) or x < 1: raise ValueError(f"{name} must be an int >= 1; got {x!r}")
-
-def _number(name, x, positive:bool):
-    if x is None: return
-    ok = isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and (x > 0 if positive else x >= 0)
-    if not ok: raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}; got {x!r}")
-
 def check_config(c:TrainConfig) -> None:
     "Raise a ValueError naming the first bad setting of `c` (None means: the default, filled in later)."
     if c.method not in METHODS: raise ValueError(f"method must be one of {METHODS}; got {c.method!r}")
-    for name in ("steps", "batch_size", "grad_accum", "resolution"): _positive_int(name, getattr(c, name), optional=True)
-    _number("lr", c.lr, positive=True); _number("kappa", c.kappa, positive=False)
-    if not 0 <= c.beta < 1: raise ValueError(f"beta must be in [0, 1); got {c.beta!r}")
+    for name in ("steps", "batch_size", "grad_accum", "resolution"):
+        if getattr(c, name) is not None: check_int(getattr(c, name), name)
+    if c.lr is not None: check_number(c.lr, "lr", 0, lo_open=True)
+    if c.kappa is not None: check_number(c.kappa, "kappa", 0)
+    check_number(c.beta, "beta", 0, 1, hi_open=True)
     check_magnitude(c.magnitude)
     if c.crop not in CROPS: raise ValueError(f"crop must be one of {CROPS}; got {c.crop!r}")
-    _positive_int("crops", c.crops)
+    check_int(c.crops, "crops")
     if c.crop == "center" and c.crops != 1: raise ValueError(f"crops must be 1 with crop='center'; got {c.crops!r}")
     if not c.templates or any(t.count("{}") != 1 for t in c.templates): raise ValueError("templates must be prompts each with exactly one '{}'")
 
