@@ -26,6 +26,7 @@ from .train import *
 from .tea import *
 from .collapse import *
 from .interpolate import *
+from .fidelity import *
 
 # %% ../nbs/99_api.ipynb #a2925e29
 from plotly.io.base_renderers import MimetypeRenderer

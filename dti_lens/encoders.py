@@ -173,10 +173,11 @@ def lookup_scale(embedding:torch.nn.Module) -> torch.Tensor:
 
 def embedded(embedding:torch.nn.Module, # a text encoder's input embedding layer
              rows:torch.Tensor, # table rows (..., d), in the table's units (e.g. learned vectors)
+             scale:torch.Tensor|None=None, # `lookup_scale(embedding)` on the rows' device, if the caller keeps it
             ) -> torch.Tensor: # (..., d) in the layer's dtype
     "What `embedding` outputs where its table holds `rows`: the rows in its dtype, times its `lookup_scale`."
-    s = lookup_scale(embedding)
-    return rows.to(embedding.weight.dtype) * s.to(rows.device)
+    s = lookup_scale(embedding).to(rows.device) if scale is None else scale
+    return rows.to(embedding.weight.dtype) * s
 
 # %% ../nbs/03_encoders.ipynb #1f2fcd41
 class LearnedRows(torch.nn.Module):
@@ -187,12 +188,13 @@ class LearnedRows(torch.nn.Module):
         lookup = torch.full((base.num_embeddings,), -1, dtype=torch.long)
         lookup[torch.as_tensor(ids)] = torch.arange(len(ids))
         self.register_buffer("lookup", lookup.to(base.weight.device), persistent=False)
+        self.register_buffer("scale", lookup_scale(base).to(base.weight.device), persistent=False)  # once, not per call
     @property
     def weight(self): return self.base.weight
     def forward(self, input_ids):
         out = self.base(input_ids)
         slot = self.lookup[input_ids]
-        rows = embedded(self.base, self.rows_fn()).to(out.dtype)
+        rows = embedded(self.base, self.rows_fn(), self.scale).to(out.dtype)
         return torch.where((slot >= 0)[..., None], rows[slot.clamp_min(0)], out)
 
 # %% ../nbs/03_encoders.ipynb #be3abcc9

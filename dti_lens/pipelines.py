@@ -27,9 +27,9 @@ class LatentCache:
     resolution: int # side of the crops in pixels
     def sample(self, idx, gen) -> torch.Tensor:
         "Latents of rows `idx`: a fresh posterior sample when the VAE is stochastic."
-        if self.std is None: return self.mean[idx]
-        eps = torch.randn(self.mean[idx].shape, generator=gen).to(self.mean)
-        return self.mean[idx] + self.std[idx] * eps
+        mean = self.mean[idx]
+        if self.std is None: return mean
+        return mean + self.std[idx] * torch.randn(mean.shape, generator=gen).to(mean)
     def __len__(self): return len(self.mean)
 
 # %% ../nbs/08_pipelines.ipynb #c60c53af

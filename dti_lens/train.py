@@ -543,7 +543,7 @@ def _train(run:Run, checkpoint_every:int, resume:bool, vprompts, vevery, progres
         bar = tqdm(range(run.step, c.steps), initial=run.step, total=c.steps, disable=not progress, desc=f"{c.method} {c.token}")
         for _ in bar:
             loss = _step(run)
-            if math.isfinite(loss): bar.set_postfix(loss=f"{loss:.4f}")
+            if math.isfinite(loss): bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # drawn with the bar's own update
             else:
                 run.nan_steps += 1
                 warnings.warn(f"step {run.step}: the loss is {loss}; the step is skipped (the embedding is unchanged)")

@@ -1,4 +1,4 @@
-"""Structurally faithful SD 1.x, SD 2.x, SDXL, SANA, Wan2.1-T2V and Flux.1 pipelines, built from configs, saved to a folder and loaded back.
+"""Structurally faithful SD 1.x, SD 2.x, SDXL, SANA, Wan2.1-T2V and Flux.1 pipelines, and the DINOv2, SigLIP and CLIP models that score them, built from configs, saved to a folder and loaded back.
 
 Docs: https://dti-lens.github.io/dti_lens/zoo.html.md"""
 
@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['WORDS', 'ZOO_VERSION', 'BUILDERS', 'REAL_IDS', 'clip_tokenizer', 'gemma_tokenizer', 't5_tokenizer', 'save_tiny',
-           'tiny_pipeline']
+__all__ = ['WORDS', 'ZOO_VERSION', 'BUILDERS', 'REAL_IDS', 'SCORER_IDS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'CLIP_MEAN', 'CLIP_STD',
+           'SCORERS', 'clip_tokenizer', 'gemma_tokenizer', 't5_tokenizer', 'save_tiny', 'tiny_pipeline',
+           'save_tiny_scorer', 'tiny_scorer']
 
 # %% ../nbs/02_zoo.ipynb #6a6ef288
 WORDS = tuple("""a an the of in on at with and by for from to is its photo rendering cropped clean dirty dark
@@ -267,6 +268,12 @@ def _cache_dir() -> Path:
     "Where tiny pipelines are cached: $DTI_LENS_CACHE or ~/.cache/dti_lens."
     return Path(os.environ.get("DTI_LENS_CACHE", Path.home() / ".cache" / "dti_lens"))
 
+def _version_tag() -> str:
+    "Eight hex digits of `ZOO_VERSION` and the diffusers, transformers and torch versions (cache folder names)."
+    import diffusers, transformers
+    versions = f"{ZOO_VERSION} {diffusers.__version__} {transformers.__version__} {torch.__version__}"
+    return hashlib.sha1(versions.encode()).hexdigest()[:8]
+
 # %% ../nbs/02_zoo.ipynb #956a4ef3
 def tiny_pipeline(kind:str, # one of `BUILDERS`: "sd15", "sd21", "sdxl", "sana", "wan" or "flux"
                   seed:int=0, # seed of the weights
@@ -274,14 +281,92 @@ def tiny_pipeline(kind:str, # one of `BUILDERS`: "sd15", "sd21", "sdxl", "sana",
                   **kwargs, # passed to `from_pretrained` (e.g. torch_dtype)
                  ):
     "A tiny pipeline of `kind`, saved to a folder and loaded back with `DiffusionPipeline.from_pretrained`."
-    import diffusers, transformers
     from diffusers import DiffusionPipeline
-    if folder is None:
-        tag = hashlib.sha1(f"{ZOO_VERSION} {diffusers.__version__} {transformers.__version__} {torch.__version__}".encode()).hexdigest()[:8]
-        folder = _cache_dir() / "zoo" / f"{kind}-{seed}-{tag}"
-    folder = Path(folder)
+    folder = Path(folder or _cache_dir() / "zoo" / f"{kind}-{seed}-{_version_tag()}")
     _builder(kind)  # an unknown kind fails before any folder is made
     if not (folder / "model_index.json").exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
         save_tiny(kind, folder, seed)
     with _quiet(): return DiffusionPipeline.from_pretrained(folder, **kwargs)
+
+# %% ../nbs/02_zoo.ipynb #02d16751
+SCORER_IDS = {"dinov2": "facebook/dinov2-base", "siglip": "google/siglip-base-patch16-512",
+              "clip": "openai/clip-vit-large-patch14"}  # the models the papers' evaluation scripts load
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+_TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)  # every tiny tower
+
+# %% ../nbs/02_zoo.ipynb #ed23220b
+def _dinov2():
+    "Tiny DINOv2 wired as `facebook/dinov2-base` (patch 14, 518-px position grid, layer scale) + processor."
+    from transformers import Dinov2Config, Dinov2Model, BitImageProcessor
+    cfg = Dinov2Config(**_TOWER, mlp_ratio=4, patch_size=14, image_size=518, layerscale_value=1.0,
+                       layer_norm_eps=1e-6)
+    proc = BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, resample=3,
+                             do_center_crop=True, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+    return Dinov2Model(cfg), proc
+
+# %% ../nbs/02_zoo.ipynb #b04e2777
+def _siglip():
+    "Tiny SigLIP wired as `google/siglip-base-patch16-512` (512 px, patch 16, 64 text positions) + processor."
+    from transformers import SiglipConfig, SiglipModel, SiglipProcessor, SiglipImageProcessor
+    tok = t5_tokenizer(max_length=64)
+    tok.pad_token = "</s>"  # SigLIP pads with </s>, id 1
+    text = dict(_TOWER, intermediate_size=64, vocab_size=len(tok), max_position_embeddings=64,
+                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    vision = dict(_TOWER, intermediate_size=64, image_size=512, patch_size=16)
+    model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
+    with torch.no_grad(): model.logit_bias.fill_(-1.0)  # the init's -10 would put every tiny score near 5e-5
+    ip = SiglipImageProcessor(size={"height": 512, "width": 512}, resample=3, image_mean=[.5] * 3,
+                              image_std=[.5] * 3)
+    return model, SiglipProcessor(image_processor=ip, tokenizer=tok)
+
+# %% ../nbs/02_zoo.ipynb #8f14ced3
+def _clip_scorer():
+    "Tiny CLIP wired as `openai/clip-vit-large-patch14` (224 px, patch 14, 77 text positions) + processor."
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPImageProcessor
+    tok = clip_tokenizer()
+    text = dict(_TOWER, intermediate_size=64, vocab_size=len(tok), max_position_embeddings=77,
+                hidden_act="quick_gelu", bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id)
+    vision = dict(_TOWER, intermediate_size=64, image_size=224, patch_size=14, hidden_act="quick_gelu")
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    ip = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, resample=3,
+                            do_center_crop=True, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    return model, CLIPProcessor(image_processor=ip, tokenizer=tok)
+
+# %% ../nbs/02_zoo.ipynb #b292a47c
+SCORERS = dict(dinov2=_dinov2, siglip=_siglip, clip=_clip_scorer)
+
+def _scorer_builder(kind:str):
+    "The builder of `kind`, from `SCORERS`."
+    if kind not in SCORERS: raise ValueError(f"kind must be one of {sorted(SCORERS)}; got {kind!r}")
+    return SCORERS[kind]
+
+def save_tiny_scorer(kind:str, # a kind of `SCORERS`: "dinov2", "siglip" or "clip"
+                     folder, # where the model and processor are written
+                     seed:int=0, # seed of every random weight
+                    ) -> Path:
+    "Build a tiny scoring model of `kind` and its processor from configs; `save_pretrained` both to `folder`."
+    build = _scorer_builder(kind)
+    with torch.random.fork_rng(), _quiet():
+        torch.manual_seed(seed)
+        model, processor = build()
+        tmp = Path(tempfile.mkdtemp(dir=Path(folder).parent, prefix=f".{Path(folder).name}-"))
+        model.save_pretrained(tmp); processor.save_pretrained(tmp)
+    os.replace(tmp, folder)
+    return Path(folder)
+
+# %% ../nbs/02_zoo.ipynb #a93cd103
+def tiny_scorer(kind:str, # one of `SCORERS`: "dinov2", "siglip" or "clip"
+                seed:int=0, # seed of the weights
+                folder=None, # save here instead of the cache
+               ):
+    "`(model, processor)` of a tiny scorer, saved to a folder and loaded back by `AutoModel`/`AutoProcessor`."
+    from transformers import AutoModel, AutoProcessor
+    _scorer_builder(kind)  # an unknown kind fails before any folder is made
+    folder = Path(folder or _cache_dir() / "zoo" / f"{kind}-{seed}-{_version_tag()}")
+    if not (folder / "config.json").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        save_tiny_scorer(kind, folder, seed)
+    with _quiet(): return AutoModel.from_pretrained(folder), AutoProcessor.from_pretrained(folder)
