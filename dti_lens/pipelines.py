@@ -42,6 +42,7 @@ class Family:
     pooled_key:str|None = None # that output's key in the conditioning
     max_length:dict = {} # tokenizer length per encoder, where the pipeline sets its own
     defaults:dict = dict(steps=400, batch_size=4, grad_accum=1, resolution=None, kappa=1e-4) # the family's launcher
+    launcher:dict|None = None # what the DTI authors' launcher ran: nominal lr x batch x accumulation (--scale_lr)
     call_names:dict = dict(encoder_hidden_states="prompt_embeds") # conditioning key -> the pipeline call's argument
     expands_tokens:bool = True # the pipeline writes a multi-vector token's vectors itself
     single_file:bool = False # A1111 and ComfyUI load this family's two-encoder tokens as one file (SDXL: clip_l/clip_g)
@@ -230,6 +231,8 @@ class SDXL(Diffusion):
     name, pipelines = "sdxl", ("StableDiffusionXL",)
     sequence, pooled, pooled_key = ("text_encoder", "text_encoder_2"), "text_encoder_2", "text_embeds"
     single_file = True
+    launcher = dict(lr=dict(dti="0.01 x 4", ti="0.005 x 4", adamw_sphere="0.01 x 4", crossinit="0.005 x 4"),
+                    steps=400, batch="4 x 1", resolution="768", kappa="1e-4")
     defaults = dict(Family.defaults, resolution=768)  # the reference launcher trains SDXL at 768 px
     call_names = dict(encoder_hidden_states="prompt_embeds", text_embeds="pooled_prompt_embeds")
 
@@ -282,6 +285,8 @@ class Sana(FlowMatching):
     "SANA: Gemma-2's last hidden state with its attention mask; prompts lower-cased, 300 tokens."
     name, pipelines = "sana", ("Sana",)
     max_length = dict(text_encoder=300)  # SanaPipeline's max_sequence_length
+    launcher = dict(lr=dict(dti="0.01 x 2 x 2", ti="0.005 x 2 x 2", adamw_sphere="-", crossinit="0.005 x 2 x 2"),
+                    steps=500, batch="2 x 2", resolution="1024", kappa="5e-5")
     defaults = dict(steps=500, batch_size=2, grad_accum=2, resolution=None, kappa=5e-5)
     call_names = dict(encoder_hidden_states="prompt_embeds", encoder_attention_mask="prompt_attention_mask")
     expands_tokens = False
@@ -311,6 +316,8 @@ class Wan(FlowMatching):
     "Wan2.1-T2V: UMT5 states (zero past each prompt), an image as a 1-frame video, per-channel latent statistics."
     name, pipelines = "wan", ("WanPipeline",)
     max_length = dict(text_encoder=512)  # WanPipeline.__call__'s length (encode_prompt alone defaults to 226)
+    launcher = dict(lr=dict(dti="0.01 x 2 x 2", ti="-", adamw_sphere="-", crossinit="-"),
+                    steps=500, batch="2 x 2", resolution="512", kappa="5e-5")
     defaults = dict(steps=500, batch_size=2, grad_accum=2, resolution=512, kappa=5e-5)  # the reference's Wan launcher
     expands_tokens = False
 

@@ -74,13 +74,7 @@ def check_config(c:TrainConfig) -> None:
 # %% ../nbs/13_train.ipynb #09baf332
 LR = dict(dti=0.04, ti=0.02, adamw_sphere=0.04, crossinit=0.02)  # the reference's effective rates
 FAMILY_DEFAULTS = {f.name: f.defaults for f in FAMILIES}  # each family's launcher: nbs/08_pipelines
-REFERENCE = dict(  # what the authors' launchers ran: nominal lr x batch x accumulation (--scale_lr)
-    sdxl=dict(lr=dict(dti="0.01 x 4", ti="0.005 x 4", adamw_sphere="0.01 x 4", crossinit="0.005 x 4"),
-              steps=400, batch="4 x 1", resolution="768", kappa="1e-4"),
-    sana=dict(lr=dict(dti="0.01 x 2 x 2", ti="0.005 x 2 x 2", adamw_sphere="-", crossinit="0.005 x 2 x 2"),
-              steps=500, batch="2 x 2", resolution="1024", kappa="5e-5"),
-    wan=dict(lr=dict(dti="0.01 x 2 x 2", ti="-", adamw_sphere="-", crossinit="-"),
-             steps=500, batch="2 x 2", resolution="512", kappa="5e-5"))
+REFERENCE = {f.name: f.launcher for f in FAMILIES if f.launcher}  # what the authors' launchers ran (nbs/08_pipelines)
 
 def defaults(fam:str, # a family's name: "sd", "sdxl", "sana", "wan" or "flux"
              method:str, # one of METHODS
@@ -329,7 +323,7 @@ def _from_pretrained(name:str, dtype):
         raise ValueError(f"model {name!r} cannot be loaded: it is not downloaded and cannot be fetched (offline?); "
                          "pass a local pipeline folder, or 'tiny:<kind>' for a tiny test pipeline") from None
 
-def load_pipeline(pipe, # a pipeline, a model id / folder, or "tiny:<kind>" (sd15, sd21, sdxl, sana)
+def load_pipeline(pipe, # a pipeline, a model id / folder, or "tiny:<kind>" (a `BUILDERS` kind of the zoo)
                   device=None, # move it here; a loaded one goes to CUDA when there is one
                   dtype=None, # weights' dtype when loading (default: bf16 on CUDA, else float32)
                  ):
@@ -434,14 +428,14 @@ def train_dti(pipe, # a diffusers pipeline, a model id / folder for `from_pretra
               init:str, # the init word: its direction starts v (n pieces give n vectors)
               *,
               method:str="dti", # "dti", "ti", "adamw_sphere" or "crossinit"
-              steps:int|None=None, # optimisation steps (default: the family's, e.g. 400 on SDXL)
+              steps:int|None=None, # optimisation steps (default: the family's, `defaults_table()`)
               lr:float|None=None, # dti: tangent of the step angle; others: AdamW's rate (default: `defaults`)
-              kappa:float|None=None, # vMF prior strength (dti; default 1e-4, SANA 5e-5)
+              kappa:float|None=None, # vMF prior strength (dti; default: the family's)
               magnitude="mean", # m*: "mean", "max", "min" of the original vocabulary norms, or a float
               prior:str|None=None, # the vMF mean word (default: init)
-              batch_size:int|None=None, # samples per micro-batch (default 4, SANA 2)
-              grad_accum:int|None=None, # micro-batches per step (default 1, SANA 2)
-              resolution:int|None=None, # training side in pixels (default: the model's; SDXL 768)
+              batch_size:int|None=None, # samples per micro-batch (default: the family's)
+              grad_accum:int|None=None, # micro-batches per step (default: the family's)
+              resolution:int|None=None, # training side in pixels (default: the family's, at most the model's)
               seed:int=42,
               output_dir=None, # where embeddings, log.jsonl, checkpoints and samples go
               beta:float=0.0, # EMA factor of the squared gradient norm (App. C.1); 0: plain normalisation
