@@ -36,7 +36,7 @@ class LatentCache:
 class Family:
     "What a pipeline family knows, bound to one pipeline: its text path, latents, training loss and sampling call."
     name:str = ""
-    pipelines:tuple = () # pipeline class-name prefixes
+    pipelines:tuple = () # the pipeline classes this adapter is written for, by name (their subclasses too)
     sequence:tuple = ("text_encoder",) # encoders whose token states condition the denoiser, in feature order
     pooled:str|None = None # the encoder whose pooled output conditions the denoiser
     pooled_key:str|None = None # that output's key in the conditioning
@@ -54,8 +54,8 @@ class Family:
 
     @classmethod
     def matches(cls, pipe) -> bool:
-        "Whether `pipe`'s class, or one of its bases, belongs to this family."
-        return any(c.__name__.startswith(cls.pipelines) for c in type(pipe).__mro__)
+        "Whether `pipe`'s class is one of `pipelines`, or a subclass of one (never a sibling such as an img2img pipeline)."
+        return any(c.__name__ in cls.pipelines for c in type(pipe).__mro__)
 
 # %% ../nbs/08_pipelines.ipynb #643ba500
 @patch
@@ -228,7 +228,7 @@ class SD(Diffusion):
 # %% ../nbs/08_pipelines.ipynb #2cb13b1f
 class SDXL(Diffusion):
     "SDXL: hidden_states[-2] of CLIP-L and OpenCLIP-G side by side, G's pooled projection, and the time ids."
-    name, pipelines = "sdxl", ("StableDiffusionXL",)
+    name, pipelines = "sdxl", ("StableDiffusionXLPipeline",)
     sequence, pooled, pooled_key = ("text_encoder", "text_encoder_2"), "text_encoder_2", "text_embeds"
     single_file = True
     launcher = dict(lr=dict(dti="0.01 x 4", ti="0.005 x 4", adamw_sphere="0.01 x 4", crossinit="0.005 x 4"),
@@ -283,7 +283,7 @@ class FlowMatching(Family):
 # %% ../nbs/08_pipelines.ipynb #8406b2d2
 class Sana(FlowMatching):
     "SANA: Gemma-2's last hidden state with its attention mask; prompts lower-cased, 300 tokens."
-    name, pipelines = "sana", ("Sana",)
+    name, pipelines = "sana", ("SanaPipeline",)
     max_length = dict(text_encoder=300)  # SanaPipeline's max_sequence_length
     launcher = dict(lr=dict(dti="0.01 x 2 x 2", ti="0.005 x 2 x 2", adamw_sphere="-", crossinit="0.005 x 2 x 2"),
                     steps=500, batch="2 x 2", resolution="1024", kappa="5e-5")
@@ -307,7 +307,8 @@ class Sana(FlowMatching):
 
     def predict(self, x, t, cond):
         return self.denoiser(x, encoder_hidden_states=cond["encoder_hidden_states"],
-                             encoder_attention_mask=cond["encoder_attention_mask"], timestep=t).sample
+                             encoder_attention_mask=cond["encoder_attention_mask"],
+                             timestep=t * self.denoiser.config.timestep_scale).sample  # as SanaPipeline scales it
 
     def sample_kwargs(self): return dict(use_resolution_binning=False, complex_human_instruction=None)
 
@@ -320,6 +321,12 @@ class Wan(FlowMatching):
                     steps=500, batch="2 x 2", resolution="512", kappa="5e-5")
     defaults = dict(steps=500, batch_size=2, grad_accum=2, resolution=512, kappa=5e-5)  # the reference's Wan launcher
     expands_tokens = False
+
+    def __init__(self, pipe):
+        super().__init__(pipe)
+        if getattr(pipe.config, "boundary_ratio", None) is not None or getattr(pipe.config, "expand_timesteps", False):
+            raise ValueError("pipe: a Wan2.2 pipeline (two experts switched by timestep, or expanded timesteps) is not "
+                             "covered; the wan adapter trains Wan2.1-T2V's single transformer")
 
     def preprocess(self, prompt):
         from diffusers.pipelines.wan.pipeline_wan import prompt_clean  # the pipeline's own cleaning
@@ -368,7 +375,7 @@ class Flux(FlowMatching):
     name, pipelines = "flux", ("FluxPipeline",)
     sequence, pooled, pooled_key = ("text_encoder_2",), "text_encoder", "pooled_projections"
     max_length = dict(text_encoder_2=512)  # FluxPipeline's max_sequence_length
-    defaults = dict(steps=500, batch_size=2, grad_accum=2, resolution=512, kappa=1e-4)  # no launcher: SANA's, 512 px
+    defaults = dict(steps=500, batch_size=2, grad_accum=2, resolution=512, kappa=1e-4)  # no launcher: flow steps and batch as SANA's, 512 px, kappa as SDXL's
     call_names = dict(encoder_hidden_states="prompt_embeds", pooled_projections="pooled_prompt_embeds")
     guidance = 3.5  # FluxPipeline's default guidance_scale, which diffusers' Flux training scripts train with
 
@@ -398,14 +405,15 @@ def predict(self:Flux, x, t, cond):
     img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x.device, x.dtype)
     txt = cond["encoder_hidden_states"]
     txt_ids = torch.zeros(txt.shape[1], 3, device=x.device, dtype=x.dtype)
-    guidance = torch.full((b,), self.guidance, device=x.device, dtype=torch.float32)
+    guided = self.denoiser.config.guidance_embeds  # FLUX.1-dev: a guidance embedding; schnell: none, as the pipeline does
+    guidance = torch.full((b,), self.guidance, device=x.device, dtype=torch.float32) if guided else None
     pred = self.denoiser(hidden_states=packed, timestep=t / 1000, guidance=guidance, encoder_hidden_states=txt,
                          pooled_projections=cond["pooled_projections"], txt_ids=txt_ids, img_ids=img_ids,
                          return_dict=False)[0]
     return FluxPipeline._unpack_latents(pred, h * f, w * f, f)
 
 # %% ../nbs/08_pipelines.ipynb #e01c5ff2
-FAMILIES = (SDXL, SD, Sana, Wan, Flux)  # most specific first: SDXL's classes also start with "StableDiffusion"
+FAMILIES = (SDXL, SD, Sana, Wan, Flux)  # the order of the defaults table
 
 def family_of(pipe) -> type:
     "The `Family` subclass of `pipe`, or a ValueError naming the covered families."

@@ -1,4 +1,4 @@
-"""`train_dti`: DTI's Algorithm 1 on a real diffusers pipeline (SD 1.x/2.x, SDXL, SANA), the TI baselines, resumable, with every latent encoded once.
+"""`train_dti`: DTI's Algorithm 1 on a real diffusers pipeline (SD 1.x/2.x, SDXL, SANA, Wan2.1, Flux), the TI baselines, resumable, with every latent encoded once.
 
 Docs: https://dti-lens.github.io/dti_lens/train.html.md"""
 
