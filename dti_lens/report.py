@@ -127,7 +127,7 @@ def diagnosis_html(d:Diagnosis, # from `dti_lens.diagnose.diagnose`
     verdict = getattr(d, "verdict", None); verdict = verdict() if callable(verdict) else verdict
     tables = "".join(_table(pairs[:k], f"nearest by {kind}") for kind, pairs in d.neighbours.items())
     probe = d.probe and d.probe.figure.update_annotations(yanchor="bottom")  # chance's label above its line
-    figs = [figure_html(angle_figure(d), ANGLE_CAPTION)] + [figure_html(probe, PROBE_CAPTION)] * bool(probe)
+    figs = [figure_html(angle_figure(d), ANGLE_CAPTION)] + ([figure_html(probe, PROBE_CAPTION)] if probe else [])
     return ((f'<p class="verdict">{html.escape(str(verdict))}</p>' if verdict else "")
             + f"<pre>{html.escape(d.summary())}</pre>{tables}<div class='grid'>{''.join(figs)}</div>")
 

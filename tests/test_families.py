@@ -196,3 +196,14 @@ def test_auto_tea_refuses_encoders_without_absolute_positions_before_any_probe(k
     assert not probed and not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="no absolute positions"): tea.auto_tea(encs[t5], rows[t5], "dog")
     assert not probed
+
+
+def test_the_diagnosis_page_of_a_t5_token_renders_without_a_probe(tmp_path):
+    "`dti-lens diagnose FILE --html` on a Wan (UMT5) file: no probe, and the page still renders the residual angles."
+    from dti_lens.cli import diagnose_file, diagnosis_page
+    from dti_lens.embeddings import save_embeddings
+    e = text_encoders(_pipe_with_token("wan"))["text_encoder"]
+    save_embeddings(tmp_path, "<w>", {"text_encoder": e.table[-1:].detach().clone()})
+    found = diagnose_file(tmp_path, tiny_pipeline("wan"))
+    page = diagnosis_page(found, str(tmp_path / "learned_embeds.safetensors"))
+    assert [d.probe for _, d in found] == [None] and page.lower().startswith("<!doctype html>") and "plotly-graph-div" in page
