@@ -15,7 +15,7 @@ import torch
 
 import dti_lens
 from . import __version__
-from .embeddings import write_text_atomic, read_embeddings, embedding_files, _encoder_name
+from .embeddings import write_text_atomic, read_embeddings, embedding_files, _plan
 from .sphere import check_int, check_number, interval_text
 from .vmf import fit_vmf_mixture, match_components, mixture_figure, random_mixture
 from .zoo import BUILDERS
@@ -96,12 +96,10 @@ def _rows_by_encoder(files:list, widths:dict) -> list[tuple]:
     "[(file, encoder name, rows)] per distinct set of rows: the file's slot names the encoder, else the width."
     seen, out = set(), []
     for emb in files:
-        slots = dict(emb.vectors)
-        if {"text_encoder", "text_encoder_2"} <= slots.keys() and "text_encoder_2" not in widths:
-            del slots["text_encoder_2"]  # an SDXL file on a one-encoder model: clip_l only, as load_embeddings
+        plan = _plan(emb, widths)  # as load_embeddings: an SDXL file on a one-encoder model gives clip_l only
+        if len(plan) < len(emb.vectors):
             warnings.warn(f"{emb.path.name}: the model has no text_encoder_2; its clip_g rows are not diagnosed")
-        for slot, rows in slots.items():
-            name = _encoder_name(emb, slot, rows.shape[1], widths)
+        for name, rows in plan.items():
             if (key := (name, rows.numpy().tobytes())) not in seen: seen.add(key); out.append((emb, name, rows))
     return out
 

@@ -442,10 +442,10 @@ def _encoder_name(emb:EmbeddingFile, slot, d:int, widths:dict) -> str:
     if widths[slot] != d: raise ValueError(f"{named} the model's {slot} has width {widths[slot]} (encoders: {widths})")
     return slot
 
-def _plan(emb:EmbeddingFile, encs:dict) -> dict:
-    "Which encoder gets which rows, checking every width; nothing is changed."
-    widths, vectors = {k: e.width for k, e in encs.items()}, dict(emb.vectors)
-    if "text_encoder" in vectors and "text_encoder_2" in vectors and "text_encoder_2" not in encs:
+def _plan(emb:EmbeddingFile, widths:dict) -> dict:
+    "Which encoder (of `widths`, name -> width) gets which rows, checking every width; nothing is changed."
+    vectors = dict(emb.vectors)
+    if "text_encoder" in vectors and "text_encoder_2" in vectors and "text_encoder_2" not in widths:
         del vectors["text_encoder_2"]   # an SDXL file in a one-encoder pipeline: clip_l only, as A1111 allows
     return {_encoder_name(emb, slot, rows.shape[1], widths): rows for slot, rows in vectors.items()}
 
@@ -459,7 +459,7 @@ def load_embeddings(pipe, # a diffusers pipeline (SD 1.x/2.x, SDXL, SANA, Wan2.1
     emb = _read_folder(path) if path.is_dir() else read_embeddings(path)
     token = token if token is not None else emb.token if emb.token is not None else (emb.path or path).stem
     encs = text_encoders(pipe)
-    plan = _plan(emb, encs)
+    plan = _plan(emb, {k: e.width for k, e in encs.items()})
     lowercases = adapter(pipe).preprocess(token) != token  # SANA lower-cases prompts
     for name, rows in plan.items():
         for t in placeholder_tokens(token, len(rows)): check_placeholder(encs[name], t, lowercases=lowercases)

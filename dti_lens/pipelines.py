@@ -340,7 +340,8 @@ class Wan(FlowMatching):
 
     @torch.no_grad()
     def encode_prompt(self, prompts):
-        pe, _ = self.pipe.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=512, device=self.device)
+        pe, _ = self.pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=self.device,
+                                        max_sequence_length=self.max_length["text_encoder"])
         return dict(encoder_hidden_states=pe)
 
     def predict(self, x, t, cond):
@@ -387,14 +388,15 @@ class Flux(FlowMatching):
 
     @torch.no_grad()
     def encode_prompt(self, prompts):
-        pe, pooled, _ = self.pipe.encode_prompt(prompts, prompt_2=None, device=self.device, max_sequence_length=512)
+        pe, pooled, _ = self.pipe.encode_prompt(prompts, prompt_2=None, device=self.device,
+                                                max_sequence_length=self.max_length["text_encoder_2"])
         return dict(encoder_hidden_states=pe, pooled_projections=pooled)
 
 # %% ../nbs/08_pipelines.ipynb #04537472
 @patch(as_prop=True)
 def latent_factor(self:Flux) -> int: return self.pipe.vae_scale_factor * 2  # 2x2 latent patches packed per token
 @patch(as_prop=True)
-def native_resolution(self:Flux) -> int: return self.pipe.vae.config.sample_size
+def native_resolution(self:Flux) -> int: return self.pipe.vae.config.sample_size  # FluxPipeline's own default is fixed at 1024
 
 @patch
 def predict(self:Flux, x, t, cond):

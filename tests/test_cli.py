@@ -367,3 +367,14 @@ def test_version_and_train_many_help(tmp_path):
             if a.dest == "help": continue
             switch, required = isinstance(a, argparse._StoreTrueAction), a.required or not a.option_strings
             assert a.help and (switch or required or "default" in a.help), (command, a.dest, a.help)
+
+
+def test_an_sdxl_file_on_a_one_encoder_model_diagnoses_clip_l_and_says_so(tmp_path):
+    "The same rule as load_embeddings (embeddings._plan): clip_l only, and a warning that clip_g is left out."
+    from dti_lens.cli import _rows_by_encoder
+    from dti_lens.embeddings import save_embeddings, read_embeddings
+    rows = {"text_encoder": torch.randn(1, 32), "text_encoder_2": torch.randn(1, 40)}
+    single = read_embeddings(save_embeddings(tmp_path, "<dog>", rows)["sdxl_single"])
+    with pytest.warns(UserWarning, match="its clip_g rows are not diagnosed"):
+        plan = _rows_by_encoder([single], {"text_encoder": 32})
+    assert [(name, torch.equal(r, rows["text_encoder"])) for _, name, r in plan] == [("text_encoder", True)]
