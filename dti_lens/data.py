@@ -14,9 +14,10 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 
 # %% auto #0
-__all__ = ['IMAGE_EXTENSIONS', 'DREAMBOOTH_KEYS', 'TEMPLATES', 'CROPS', 'image_files', 'load_image', 'load_images',
-           'training_set', 'changed_images', 'Subject', 'load_dreambooth', 'center_crop_box', 'random_crop_boxes',
-           'to_pixels', 'PixelBatch', 'pixel_batch', 'synthetic_subject']
+__all__ = ['IMAGE_EXTENSIONS', 'DREAMBOOTH_KEYS', 'CLASSES_FILE', 'GET_DREAMBOOTH', 'TEMPLATES', 'CROPS', 'image_files',
+           'load_image', 'load_images', 'training_set', 'changed_images', 'Subject', 'load_dreambooth',
+           'dreambooth_dataset', 'center_crop_box', 'random_crop_boxes', 'to_pixels', 'PixelBatch', 'pixel_batch',
+           'synthetic_subject', 'synthetic_dreambooth']
 
 # %% ../nbs/11_data.ipynb #635c369a
 IMAGE_EXTENSIONS = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
@@ -179,6 +180,36 @@ def load_dreambooth(path:str|Path, # a JSON file {subject: {"path" or "images", 
     if unused: warnings.warn(f"{str(path)!r}: ignoring key(s) {', '.join(map(repr, unused))}; known keys: {', '.join(DREAMBOOTH_KEYS)}")
     return subjects
 
+# %% ../nbs/11_data.ipynb #8037101a
+CLASSES_FILE = "prompts_and_classes.txt"  # the DreamBooth dataset's subject list
+GET_DREAMBOOTH = ("get the DreamBooth dataset (Ruiz et al. 2023): clone the google/dreambooth repository on a machine "
+                  "with network access, copy its `dataset` folder here and pass that folder")
+
+def _classes(path:Path) -> dict[str, str]:
+    "The `subject_name,class` lines of a DreamBooth prompts_and_classes.txt (between the header and a blank line)."
+    lines = [l.strip() for l in path.read_text().splitlines()]
+    if "subject_name,class" not in lines: raise ValueError(f"{str(path)!r} has no 'subject_name,class' header")
+    rows = lines[lines.index("subject_name,class") + 1:]
+    rows = rows[:rows.index("")] if "" in rows else rows
+    return dict(tuple(s.strip() for s in r.split(",", 1)) for r in rows)
+
+# %% ../nbs/11_data.ipynb #5f99153c
+def dreambooth_dataset(folder, # the dataset folder: one sub-folder per subject, and dreambooth.json or prompts_and_classes.txt
+                       subjects:list[str]|None=None, # the subjects to keep, in this order (default: all)
+                      ) -> list[Subject]:
+    "The subjects of a folder in the DreamBooth layout; a FileNotFoundError that says how to get the data if absent."
+    folder = Path(folder).expanduser()
+    if not folder.is_dir(): raise FileNotFoundError(f"dataset {str(folder)!r} is not a folder; {GET_DREAMBOOTH}")
+    if (folder / "dreambooth.json").is_file(): found = load_dreambooth(folder / "dreambooth.json")
+    elif (folder / CLASSES_FILE).is_file():
+        found = [_subject([folder], n, {"path": n, "class": c}) for n, c in _classes(folder / CLASSES_FILE).items()]
+    else: raise FileNotFoundError(f"dataset {str(folder)!r} has neither dreambooth.json nor {CLASSES_FILE}; {GET_DREAMBOOTH}")
+    if subjects is None: return found
+    by_name = {s.name: s for s in found}
+    if unknown := [s for s in subjects if s not in by_name]:
+        raise ValueError(f"subjects {unknown} are not in {str(folder)!r}; it has {sorted(by_name)}")
+    return [by_name[s] for s in subjects]
+
 # %% ../nbs/11_data.ipynb #92311c6c
 TEMPLATES = (
     "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
@@ -293,3 +324,19 @@ def synthetic_subject(n:int=6, # number of images
     if not isinstance(n, numbers.Integral) or n < 1: raise ValueError(f"n must be a positive int; got {n!r}")
     rng = np.random.default_rng(seed)
     return [_disc(rng, resolution) for _ in range(n)]
+
+# %% ../nbs/11_data.ipynb #5759120c
+def synthetic_dreambooth(folder, # where to write the dataset (created)
+                         classes:dict|None=None, # {subject: class word}; default one live subject and one object
+                         n:int=4, # images per subject
+                         resolution:int=64, # side of each image
+                        ) -> Path:
+    "A dataset folder in the DreamBooth layout with `synthetic_subject` pictures; the folder."
+    classes = classes or {"dog": "dog", "backpack": "backpack"}
+    folder = Path(folder).expanduser()
+    for i, name in enumerate(classes):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for j, im in enumerate(synthetic_subject(n, resolution, seed=i)): im.save(folder / name / f"{j:02d}.png")
+    rows = "\n".join(f"{k},{v}" for k, v in classes.items())
+    (folder / CLASSES_FILE).write_text(f"Classes\n\nsubject_name,class\n{rows}\n\n\nPrompts\n")
+    return folder

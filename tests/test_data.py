@@ -143,3 +143,44 @@ def test_dreambooth_errors(tmp_path, spec, message):
 def test_dreambooth_missing_file(tmp_path):
     with pytest.raises(ValueError, match="cannot read DreamBooth subjects from .*absent.json"):
         load_dreambooth(tmp_path / "absent.json")
+
+
+DREAMBOOTH_TXT = """Classes
+
+subject_name,class
+backpack,backpack
+bear_plushie,stuffed animal
+
+
+Prompts
+
+Object Prompts
+
+prompt_list = [
+'a {0} {1} in the jungle'.format(unique_token, class_token),
+]
+"""
+
+
+def test_dreambooth_folder_reads_the_datasets_own_class_list(tmp_path):
+    from dti_lens.data import dreambooth_dataset
+    for name in ["backpack", "bear_plushie"]:
+        (tmp_path / name).mkdir(); save(tmp_path / name / "00.jpg")
+    (tmp_path / "prompts_and_classes.txt").write_text(DREAMBOOTH_TXT)
+    subs = dreambooth_dataset(tmp_path)
+    assert [(s.name, s.class_word, s.init, s.prior) for s in subs] == [
+        ("backpack", "backpack", "backpack", "backpack"), ("bear_plushie", "stuffed animal", "stuffed animal", "stuffed animal")]
+    (tmp_path / "dreambooth.json").write_text(json.dumps({"backpack": {"path": "backpack", "class": "bag"}}))
+    assert [(s.name, s.class_word) for s in dreambooth_dataset(tmp_path)] == [("backpack", "bag")]   # the JSON wins
+
+
+def test_dreambooth_folder_errors_name_what_is_missing(tmp_path):
+    from dti_lens.data import dreambooth_dataset
+    with pytest.raises(FileNotFoundError, match="neither dreambooth.json nor prompts_and_classes.txt"):
+        dreambooth_dataset(tmp_path)
+    (tmp_path / "prompts_and_classes.txt").write_text(DREAMBOOTH_TXT)
+    with pytest.raises(ValueError, match="subject 'backpack': 'path' 'backpack' is not a folder"):
+        dreambooth_dataset(tmp_path)
+    (tmp_path / "prompts_and_classes.txt").write_text("backpack,backpack\n")
+    with pytest.raises(ValueError, match="no 'subject_name,class' header"):
+        dreambooth_dataset(tmp_path)
