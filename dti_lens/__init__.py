@@ -27,6 +27,7 @@ from .tea import *
 from .collapse import *
 from .interpolate import *
 from .fidelity import *
+from .evaluate import *
 
 # %% ../nbs/99_api.ipynb #a2925e29
 from plotly.io.base_renderers import MimetypeRenderer

@@ -46,6 +46,7 @@ class Family:
     call_names:dict = dict(encoder_hidden_states="prompt_embeds") # conditioning key -> the pipeline call's argument
     expands_tokens:bool = True # the pipeline writes a multi-vector token's vectors itself
     single_file:bool = False # A1111 and ComfyUI load this family's two-encoder tokens as one file (SDXL: clip_l/clip_g)
+    sampler:dict = dict(scheduler=None, steps=50) # evaluation sampling: a diffusers scheduler class (None: the pipeline's)
 
     def __init__(self, pipe):
         self.pipe, self.encoders = pipe, text_encoders(pipe)
@@ -231,6 +232,7 @@ class SDXL(Diffusion):
     name, pipelines = "sdxl", ("StableDiffusionXLPipeline",)
     sequence, pooled, pooled_key = ("text_encoder", "text_encoder_2"), "text_encoder_2", "text_embeds"
     single_file = True
+    sampler = dict(scheduler="DDIMScheduler", steps=50)  # DTI App. D.1
     launcher = dict(lr=dict(dti="0.01 x 4", ti="0.005 x 4", adamw_sphere="0.01 x 4", crossinit="0.005 x 4"),
                     steps=400, batch="4 x 1", resolution="768", kappa="1e-4")
     defaults = dict(Family.defaults, resolution=768)  # the reference launcher trains SDXL at 768 px
@@ -288,6 +290,7 @@ class Sana(FlowMatching):
     launcher = dict(lr=dict(dti="0.01 x 2 x 2", ti="0.005 x 2 x 2", adamw_sphere="-", crossinit="0.005 x 2 x 2"),
                     steps=500, batch="2 x 2", resolution="1024", kappa="5e-5")
     defaults = dict(steps=500, batch_size=2, grad_accum=2, resolution=None, kappa=5e-5)
+    sampler = dict(scheduler="FlowMatchEulerDiscreteScheduler", steps=20)  # DTI App. D.1
     call_names = dict(encoder_hidden_states="prompt_embeds", encoder_attention_mask="prompt_attention_mask")
     expands_tokens = False
 
