@@ -10,6 +10,9 @@ __all__ = []
 # %% ../nbs/99_api.ipynb #7410d081
 __version__ = "0.1.0"
 
+import warnings as _warnings  # before any module imports tqdm.auto: without ipywidgets its bars are text
+_warnings.filterwarnings("ignore", message="IProgress not found")
+
 from .sphere import *
 from .vmf import *
 from .zoo import *
@@ -27,7 +30,7 @@ from .tea import *
 from .collapse import *
 from .interpolate import *
 from .fidelity import *
-from .evaluate import *
+from .evaluation import *
 
 # %% ../nbs/99_api.ipynb #a2925e29
 from plotly.io.base_renderers import MimetypeRenderer
@@ -40,13 +43,12 @@ class _HtmlWithoutPlotlyJS(MimetypeRenderer):
                                      default_width='100%', default_height=525, validate=False)}
 
 def _configure_plotly():
-    "Under IPython: figures as plotly's mimetype and as HTML without plotly.js; text progress bars without a warning."
-    import sys, warnings
+    "Under IPython: figures as plotly's mimetype and as HTML without plotly.js."
+    import sys
     if 'IPython' not in sys.modules or sys.modules['IPython'].get_ipython() is None: return
     import plotly.io as pio
     pio.renderers['html_without_plotlyjs'] = _HtmlWithoutPlotlyJS()
     pio.renderers.default = 'plotly_mimetype+html_without_plotlyjs'
-    warnings.filterwarnings('ignore', message='IProgress not found')  # no ipywidgets: tqdm (diffusers' bars) falls back to text
 
 _configure_plotly()
 

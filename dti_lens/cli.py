@@ -25,6 +25,8 @@ from .train import (train_dti, train_many, load_pipeline, check_device, check_ru
 from .diagnose import diagnose
 from .encoders import text_encoders, MAGNITUDES
 from .tea import adjust_file, _adjust_jobs
+from .zoo import SCORER_IDS
+from .evaluation import evaluate, PROMPT_SETS
 from .report import (training_report, diagnosis_report, diagnosis_html, html_page, section, note, write_report,
                              DIAGNOSIS_GUIDE)
 
@@ -212,7 +214,7 @@ def prompt(s:str) -> str:
     return s
 
 # %% ../nbs/90_cli.ipynb #5f6a7b8c
-_ALIASES = dict(validation_prompts="validation_prompt", pipe="model", path="out")  # API name -> parser dest
+_ALIASES = dict(validation_prompts="validation_prompt", pipe="model", path="out", out_dir="output_dir", runs="run_dirs")  # API name -> parser dest
 
 def flag_names(sp:argparse.ArgumentParser) -> dict:
     "Python argument name -> how the command spells it: '--output-dir', or 'SRC' for a positional."
@@ -392,7 +394,7 @@ def parser() -> argparse.ArgumentParser:
                         description=DREAMBOOTH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     mp.add_argument("dreambooth_json", metavar="DREAMBOOTH_JSON", help="the subjects' JSON file (above)")
     _training_flags(mp)
-    _adjust_parser(sub); _diagnose_parser(sub)
+    _adjust_parser(sub); _diagnose_parser(sub); _evaluate_parser(sub)
     vp = sub.add_parser("vmf-demo", help="fit a vMF mixture to a synthetic vocabulary and write a figure")
     vp.add_argument("--out", default="demo_output", help="folder for vmf_mixture.html (default demo_output)")
     for name, lo, default, what in [("n", 2, 6000, "vocabulary rows"), ("d", 2, 128, "width"), ("k", 1, 8, "clusters")]:
@@ -421,6 +423,30 @@ def _diagnose_parser(sub):
     gp.add_argument("--all", action="store_true", help="every vector of a multi-vector token (default: the first)")
     gp.add_argument("--probe-steps", type=int_at_least(1), default=500,
                     help="training steps of the position probe (default 500 steps)")
+
+def _evaluate_parser(sub):
+    ep = sub.add_parser("evaluate", help="generate every prompt x seed of trained tokens and score them (DTI Sec. 4.1)")
+    ep.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="a trained token's folder, or a folder of them (one "
+                    "per subject, as train-many writes); runs are labelled by their folder names")
+    ep.add_argument("--model", required=True, help="the tokens' model: model id, pipeline folder, or tiny:<kind>")
+    ep.add_argument("--references", required=True, help="the subjects' images: a folder of them, or a DreamBooth-layout "
+                    "folder with a sub-folder per subject (named as the token folders)")
+    ep.add_argument("--output-dir", default="evaluation", help="images, scores.jsonl, summary.csv and report.html "
+                    "(default evaluation); images already there are reused")
+    ep.add_argument("--prompts", default="dti", help=f"{', '.join(PROMPT_SETS)} or a text file with a template per line, "
+                    "'{}' where the subject goes (default dti)")
+    ep.add_argument("--seeds", type=int_at_least(0), nargs="+", help="one image per prompt and seed (default 0 1 2 3)")
+    ep.add_argument("--steps", type=int_at_least(1), help="denoising steps (default: 50; SANA 20)")
+    ep.add_argument("--scheduler", help="a diffusers scheduler class (default: DDIMScheduler on SDXL, "
+                    "FlowMatchEulerDiscreteScheduler on SANA, else the pipeline's)")
+    ep.add_argument("--batch-size", type=int_at_least(1), default=4, help="images per pipeline call (default 4)")
+    ep.add_argument("--resolution", type=int_at_least(1), help="image side in pixels (default: the model's)")
+    ep.add_argument("--guidance-scale", type=number(0), help="classifier-free guidance (default: the pipeline's)")
+    ep.add_argument("--class-word", help="every subject's class word (default: the dataset's list, else the init word)")
+    ep.add_argument("--image-model", default=SCORER_IDS["dinov2"], help=f"DINOv2 id or folder (default {SCORER_IDS['dinov2']})")
+    ep.add_argument("--text-model", default=SCORER_IDS["siglip"], help=f"SigLIP id or folder (default {SCORER_IDS['siglip']})")
+    ep.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when there is one)")
+    ep.add_argument("--overwrite", action="store_true", help="delete the images in --output-dir first instead of reusing them")
 
 # %% ../nbs/90_cli.ipynb #7f809102
 def _check_model(model:str) -> None:
@@ -461,6 +487,17 @@ def _diagnose(a) -> None:
     out = Path(a.html) if a.html else Path(f"{Path(a.file).resolve().stem}.diagnosis.html")
     print(f"report written to {write_report(out, diagnosis_page(found, a.file))}")
 
+def _evaluate(a) -> None:
+    extra = {} if a.guidance_scale is None else dict(guidance_scale=a.guidance_scale)
+    ev = evaluate(a.run_dirs, a.model, a.references, a.output_dir, a.prompts, a.seeds or (0, 1, 2, 3), a.steps, a.scheduler,
+                  a.batch_size, a.resolution, a.class_word, a.image_model, a.text_model, a.device, a.overwrite,
+                  progress=sys.stderr.isatty(), **extra)
+    ci = lambda r, m: f"{r[m]:.4f} [{r[m + '_low']:.4f}, {r[m + '_high']:.4f}]"
+    for r in ev.summary:
+        print(f"{r['run']}: image fidelity {ci(r, 'image_fidelity')}, text fidelity {ci(r, 'text_fidelity')} "
+              f"({r['subjects']} subject(s), {r['images']} images)")
+    print(f"scores: {ev.out_dir / 'scores.jsonl'}; report: {ev.out_dir / 'report.html'}")
+
 # %% ../nbs/90_cli.ipynb #87129058
 def _reader_left() -> None:
     "`dti-lens ... | head` stopped reading: no error line, stdout to /dev/null (a quiet exit flush), exit 141."
@@ -470,13 +507,14 @@ def _reader_left() -> None:
 
 def _run(a) -> None:
     "Run the parsed command `a`."
-    if a.command in ("demo", "train", "train-many", "adjust", "diagnose"): _check_model(a.model)
+    if a.command in ("demo", "train", "train-many", "adjust", "diagnose", "evaluate"): _check_model(a.model)
     if a.command == "demo": return demo(a.out, a.steps, a.model, a.seed, progress=sys.stderr.isatty()) and None
     if a.command == "vmf-demo":
         if a.k > a.n: raise ValueError(f"--k must be <= --n; got k={a.k}, n={a.n}")
         return vmf_demo(a.out, a.n, a.d, a.k, a.seed, progress=sys.stderr.isatty()) and None
     if a.command == "adjust": return _adjust(a)
     if a.command == "diagnose": return _diagnose(a)
+    if a.command == "evaluate": return _evaluate(a)
     if a.command == "train":
         _check_folder("--images", a.images, "the folder of the subject's images")
         r = train_dti(a.model, a.images, a.token, a.init, prior=a.prior, output_dir=a.output_dir,

@@ -198,6 +198,7 @@ def dreambooth_dataset(folder, # the dataset folder: one sub-folder per subject,
                        subjects:list[str]|None=None, # the subjects to keep, in this order (default: all)
                       ) -> list[Subject]:
     "The subjects of a folder in the DreamBooth layout; a FileNotFoundError that says how to get the data if absent."
+    if folder is None: raise FileNotFoundError(f"no dataset folder given; {GET_DREAMBOOTH}")
     folder = Path(folder).expanduser()
     if not folder.is_dir(): raise FileNotFoundError(f"dataset {str(folder)!r} is not a folder; {GET_DREAMBOOTH}")
     if (folder / "dreambooth.json").is_file(): found = load_dreambooth(folder / "dreambooth.json")

@@ -155,7 +155,8 @@ def text_features(s:Scorer, # from `load_scorer`, with a tokenizer
     for i in range(0, len(prompts), batch_size):
         t = s.tokenizer(prompts[i:i + batch_size], padding=pad, max_length=n, truncation=True,
                         return_tensors="pt")
-        out.append(_pooled(s.model.get_text_features(**t.to(s.device))).double().cpu())
+        keys = ("input_ids",) if pad == "max_length" else t.keys()  # SigLIP attends to its padding, as trained
+        out.append(_pooled(s.model.get_text_features(**{k: t[k].to(s.device) for k in keys})).double().cpu())
     return torch.cat(out)
 
 def _cos(a, b): return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
@@ -194,7 +195,7 @@ def text_fidelity(images, # generated images (anything `as_images` takes)
 def context_prompt(prompt:str, # a full prompt
                    concept:str, # the concept phrase in it, e.g. "<dog> dog" or "sks dog"
                   ) -> str:
-    "`prompt` without `concept` and an article just before it: TEA's context $p$ of $\lfloor p, V^*\rfloor$."
+    r"`prompt` without `concept` and an article just before it: TEA's context $p$ of $\lfloor p, V^*\rfloor$."
     pat = rf"(?:\b(?:an?|the)\s+)?{re.escape(concept)}"
     if not re.search(pat, prompt, flags=re.I):
         raise ValueError(f"concept {concept!r} is not in prompt {prompt!r}")

@@ -68,7 +68,7 @@ def figure_html(fig:go.Figure, # a plotly figure; not modified
                ) -> str:
     "A <figure> holding `fig` at a fixed height and the page's width, without plotly.js (`html_page` adds it)."
     margin = {k: v if fig.layout.margin[k] is None else fig.layout.margin[k] for k, v in MARGIN.items()}
-    fig = go.Figure(fig).update_layout(height=height or fig.layout.height or 380, margin=margin, autosize=True,
+    fig = go.Figure(fig).update_layout(height=height or fig.layout.height or 380, margin=margin, autosize=True, width=None,
                                        title=dict(x=0, xref="paper", y=1, yref="paper", yanchor="bottom", pad_b=14))
     div = fig.to_html(full_html=False, include_plotlyjs=False, config=dict(responsive=True, displaylogo=False))
     return f"<figure>{div}{_caption(caption)}</figure>"

@@ -19,6 +19,9 @@ SUBSTITUTIONS = [  # (as written, as run): what a newcomer without a model hub o
     ("stabilityai/stable-diffusion-xl-base-1.0", "tiny:sdxl"),       # the tiny zoo SDXL, built from configs
     ('output_dir="runs/dog")', 'output_dir="runs/dog", steps=4)'),   # 4 steps, not 400
     ("--output-dir runs/dog", "--output-dir runs/dog_cli --steps 4"),  # same, for the CLI (and its own folder)
+    ('seeds=[0, 1, 2, 3])', 'seeds=[0], prompts=["a {} on a table"], steps=2, resolution=64, '  # one small image,
+     'image_model=__import__("dti_lens").save_tiny_scorer("dinov2", "dino"), '                  # tiny scorers
+     'text_model=__import__("dti_lens").save_tiny_scorer("siglip", "sig"))'),
 ]
 
 
@@ -76,6 +79,8 @@ def test_python_snippets_run(workdir):
     summary = next(v for k, v in values.items() if k.startswith("diagnose("))
     assert "norm" in summary and "cosine" in summary, summary
     assert (workdir / "runs" / "dog" / "learned_embeds.safetensors").exists()
+    assert eval(values["ev.summary"].replace("nan", "float('nan')"))[0]["images"] == 1
+    assert (workdir / "evaluation" / "report.html").is_file()
 
 
 # (pattern, how, why): each command line of the README's bash blocks must match exactly one pattern
@@ -84,6 +89,10 @@ COMMANDS = [
     (r"dti-lens train \.\.\. --resume", "help:dti-lens train --help|--resume", "'...' stands for the command above"),
     (r"accelerate launch .* -m dti_lens\.cli train-many dreambooth\.json .*",
      "help:python -m dti_lens.cli train-many --help|--output-dir", "needs several GPUs and a DreamBooth folder"),
+    (r"dti-lens evaluate runs/ti runs/dti --model \S+ --references \S+", "help:dti-lens evaluate --help|--references",
+     "needs trained runs of every method and the DreamBooth dataset"),
+    (r"\.venv/bin/papermill nbs/20_exp_table2\.ipynb .*", "help:papermill --help-notebook nbs/20_exp_table2.ipynb|size",
+     "a full-size run needs a GPU and the DreamBooth dataset"),
     (r"bash tools/setup\.sh", "syntax", "needs the package registries; it is what CI runs first"),
     (r"bash tools/test\.sh", "syntax", "the whole test suite, this test included"),
     (r"\.venv/bin/nbdev-docs", "help:nbdev-docs --help|Create Quarto docs", "needs Quarto, which cannot be installed here"),
