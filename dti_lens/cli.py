@@ -319,7 +319,7 @@ def _training_flags(p):
     p.add_argument("--steps", type=int_at_least(1), help=f"optimisation steps (default: {family_defaults('steps')})")
     p.add_argument("--lr", type=number(0, lo_open=True), help="learning rate; for dti the tangent of each step's angle "
                    "(default: 0.04 for dti and adamw_sphere, 0.02 for ti and crossinit)")
-    p.add_argument("--kappa", type=number(0), help=f"vMF prior strength, dti only (default: {family_defaults('kappa')})")
+    p.add_argument("--kappa", type=number(0), help=f"vMF prior strength, dti and adamw_sphere only (default: {family_defaults('kappa')})")
     p.add_argument("--beta", type=number(0, 1, hi_open=True), default=0.0,
                    help="EMA factor of the squared gradient norm, in [0, 1) (default 0.0: plain normalisation)")
     p.add_argument("--magnitude", type=magnitude, default="mean",

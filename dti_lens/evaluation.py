@@ -16,7 +16,6 @@ import torch
 import plotly.graph_objects as go
 from PIL import Image, PngImagePlugin
 from scipy import stats
-from tqdm.auto import tqdm
 
 from .sphere import check_int
 from .zoo import SCORER_IDS
@@ -27,6 +26,7 @@ from .embeddings import load_embeddings, write_atomic, write_text_atomic, _read_
 from .train import load_pipeline, check_device
 from .report import html_page, section, note, figure_html, images_html
 from .fidelity import load_scorer, image_fidelity, text_fidelity, as_images
+from tqdm.auto import tqdm  # after dti_lens, which quiets its notebook warning
 
 # %% auto #0
 __all__ = ['LIVE_CLASSES', 'PROMPT_SETS', 'METRICS', 'PromptSet', 'generation_prompt', 'scoring_prompt', 'load_prompts', 'Target',
@@ -351,9 +351,9 @@ def evaluation_sampler(pipe, # a pipeline of a covered family
     name, old = scheduler or adapter(pipe).sampler["scheduler"], pipe.scheduler
     if name and name != type(old).__name__:
         cls, cfg = _scheduler_class(name), dict(old.config)
-        takes_shift = "shift" in inspect.signature(cls.__init__).parameters
-        shift = {"shift": cfg["flow_shift"]} if "flow_shift" in cfg and takes_shift else {}
-        pipe.scheduler = cls.from_config(cfg, **shift)
+        takes = inspect.signature(cls.__init__).parameters  # the rest of the old config would only be warned about
+        shift = {"shift": cfg["flow_shift"]} if "flow_shift" in cfg and "shift" in takes else {}
+        pipe.scheduler = cls.from_config({k: v for k, v in cfg.items() if k in takes} | shift)
     try: yield pipe.scheduler
     finally: pipe.scheduler = old
 

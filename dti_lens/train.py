@@ -102,7 +102,7 @@ def defaults_table() -> str:
         for m in METHODS:
             d = defaults(fam, m, 1024)
             res = FAMILY_DEFAULTS[fam]["resolution"] or "model's"
-            kappa = f"{d['kappa']:.0e}".replace("e-0", "e-") if m == "dti" else "-"
+            kappa = f"{d['kappa']:.0e}".replace("e-0", "e-") if m in ("dti", "adamw_sphere") else "-"
             rows.append(f"| {fam} | {m} | {d['lr']:g} | {d['steps']} | {d['batch_size']} x {d['grad_accum']} | {res} | {kappa} "
                         f"| {_reference(fam, m)} |")
     return "\n".join(rows)
@@ -184,7 +184,9 @@ def project_back(slots:dict[str, Slot]) -> None:
 
 # %% ../nbs/13_train.ipynb #725dc212
 def regulariser(slots:dict[str, Slot], c:TrainConfig) -> torch.Tensor|float:
-    "CrossInit's lambda * mean over rows of |e - e_init| per encoder (zero for the other methods)."
+    "CrossInit's lambda * mean over rows of |e - e_init|; the sphere ablation's vMF prior -kappa mu.v; 0 for TI and DTI."
+    if c.method == "adamw_sphere":  # DTI's MAP objective (Sec. 3.2), whose prior gradient DirectionalSGD adds itself
+        return -c.kappa * sum((s.mu * s.param).sum() for s in slots.values())
     if c.method != "crossinit": return 0.0
     return c.reg_weight * sum(torch.linalg.vector_norm(s.embedding() - s.start, dim=1).mean() for s in slots.values())
 
@@ -430,7 +432,7 @@ def train_dti(pipe, # a diffusers pipeline, a model id / folder for `from_pretra
               method:str="dti", # "dti", "ti", "adamw_sphere" or "crossinit"
               steps:int|None=None, # optimisation steps (default: the family's, `defaults_table()`)
               lr:float|None=None, # dti: tangent of the step angle; others: AdamW's rate (default: `defaults`)
-              kappa:float|None=None, # vMF prior strength (dti; default: the family's)
+              kappa:float|None=None, # vMF prior strength (dti, adamw_sphere; default: the family's)
               magnitude="mean", # m*: "mean", "max", "min" of the original vocabulary norms, or a float
               prior:str|None=None, # the vMF mean word (default: init)
               batch_size:int|None=None, # samples per micro-batch (default: the family's)

@@ -6,7 +6,7 @@ Docs: https://dti-lens.github.io/dti_lens/zoo.html.md"""
 
 # %% ../nbs/02_zoo.ipynb #81da9be8
 from __future__ import annotations
-import os, hashlib, tempfile
+import os, hashlib, shutil, tempfile
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -352,8 +352,10 @@ def save_tiny_scorer(kind:str, # a kind of `SCORERS`: "dinov2", "siglip" or "cli
     with torch.random.fork_rng(), _quiet():
         torch.manual_seed(seed)
         model, processor = build()
+        Path(folder).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=Path(folder).parent, prefix=f".{Path(folder).name}-"))
         model.save_pretrained(tmp); processor.save_pretrained(tmp)
+    if Path(folder).is_dir(): shutil.rmtree(folder)  # a folder cannot be replaced in one rename
     os.replace(tmp, folder)
     return Path(folder)
 
