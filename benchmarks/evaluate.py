@@ -35,6 +35,7 @@ from dti_lens.zoo import save_tiny_scorer
 def baseline(pipe, runs, data, prompts, seeds, steps, resolution, scorers, out:Path) -> int:
     "One pipeline call per image, each saved as PNG, then the same scores; the number of images."
     n = 0
+    pipe.set_progress_bar_config(disable=True)  # as evaluate runs it: no bar per call
     with evaluation_sampler(pipe) as _:
         for t in find_targets(runs, data):
             paths, texts = [], []
@@ -43,7 +44,8 @@ def baseline(pipe, runs, data, prompts, seeds, steps, resolution, scorers, out:P
                 for i, tpl in enumerate(prompts.templates(t.class_word)):
                     for s in seeds:
                         img = pipe(generation_prompt(tpl, t.token), generator=torch.Generator().manual_seed(s),
-                                   num_inference_steps=steps, height=resolution, width=resolution).images[0]
+                                   num_inference_steps=steps, height=resolution, width=resolution,
+                                   **adapter(pipe).sample_kwargs()).images[0]  # SANA: no binning, no CHI
                         paths.append(out / f"{t.subject}_{i}_{s}.png"); img.save(paths[-1])
                         texts.append(scoring_prompt(tpl, t.class_word))
             image_fidelity(paths, t.references, scorers[0]); text_fidelity(paths, texts, scorers[1])
