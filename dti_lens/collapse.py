@@ -203,8 +203,8 @@ def collapse_curve(pipe, # a pipeline (restored after every segment)
             curves[method] = []
             for s in [0] + checkpoints:
                 with scratch_tokens(pipe):
-                    if s: train_dti(pipe, images, token, init, method=method, steps=s, output_dir=out, resume=True,
-                                    checkpoint_every=s, progress=False, **train_kwargs)
+                    if s: train_dti(pipe, images, token, init, method=method, steps=s, output_dir=out,
+                                    resume=s > checkpoints[0], checkpoint_every=s, progress=False, **train_kwargs)
                     else: _init_rows(pipe, token, init, method, train_kwargs.get("magnitude", "mean"))
                     X = prompt_set_embeddings(pipe, token, contexts)
                     enc = text_encoders(pipe)["text_encoder"]

@@ -23,7 +23,7 @@ from .encoders import scratch_tokens
 from .pipelines import adapter
 from .data import image_files, dreambooth_dataset, CLASSES_FILE
 from .embeddings import load_embeddings, write_atomic, write_text_atomic, _read_folder
-from .train import load_pipeline, check_device
+from .train import load_pipeline, check_device, check_resolution
 from .report import html_page, section, note, figure_html, images_html
 from .fidelity import load_scorer, image_fidelity, text_fidelity, as_images
 from tqdm.auto import tqdm  # after dti_lens, which quiets its notebook warning
@@ -122,7 +122,7 @@ a {} standing proudly in a field of sunflowers
 a {} exploring a vibrant coral reef underwater
 a {} relaxing in a hammock under palm trees at sunset
 """)
-# the authors' evaluation leaves two DreamBooth live prompts out (the firefighter outfit, shiny) and the shiny object in
+# the authors' evaluation leaves two DreamBooth live prompts out (the firefighter outfit, shiny)
 _DTI_LIVE_DB = tuple(p for p in _DB_LIVE if p not in ("a {} in a firefighter outfit", "a shiny {}"))
 
 # %% ../nbs/19_evaluate.ipynb #b1b6955e
@@ -249,12 +249,18 @@ def _check_templates(name:str, templates) -> tuple:
     "Templates as a tuple, each with exactly one '{}', or a ValueError naming `prompts`."
     ts = tuple(templates)
     if not ts: raise ValueError(f"prompts {name!r} is empty: give templates with '{{}}' for the subject")
-    if bad := [t for t in ts if not isinstance(t, str) or t.count("{}") != 1]:
-        raise ValueError(f"prompts {name!r}: every template needs exactly one '{{}}' for the subject; not {bad[:3]}")
+    if bad := [t for t in ts if not isinstance(t, str) or t.count("{}") != 1 or not _formats(t)]:
+        raise ValueError(f"prompts {name!r}: every template needs exactly one '{{}}' for the subject and no other "
+                         f"braces; not {bad[:3]}")
     return ts
 
+def _formats(template:str) -> bool:
+    "Whether `str.format` takes `template` with one argument (no other `{...}`, no lone brace)."
+    try: return template.format("x") is not None
+    except (ValueError, KeyError, IndexError): return False
+
 # %% ../nbs/19_evaluate.ipynb #e3b66cbf
-def load_prompts(prompts="dti", # a `PROMPT_SETS` name, a PromptSet, a text file (a template per line) or a list of templates
+def load_prompts(prompts="dti", # a `PROMPT_SETS` name, a PromptSet, a text file (a template per line) or a list
                 ) -> PromptSet:
     "The prompt set to evaluate with; a ValueError naming `prompts` unless every template holds one `{}`."
     if isinstance(prompts, PromptSet): return prompts
@@ -262,7 +268,8 @@ def load_prompts(prompts="dti", # a `PROMPT_SETS` name, a PromptSet, a text file
     if isinstance(prompts, (str, Path)):
         path = Path(prompts).expanduser()
         if not path.is_file():
-            raise ValueError(f"prompts must be one of {sorted(PROMPT_SETS)}, a text file or a list; got {str(prompts)!r}")
+            raise ValueError(f"prompts must be one of {sorted(PROMPT_SETS)}, a text file or a list; "
+                             f"got {str(prompts)!r}")
         ts = _check_templates(path.name, [l.strip() for l in path.read_text().splitlines() if l.strip()])
         return PromptSet(path.stem, ts, ts)
     ts = _check_templates("list", prompts)
@@ -315,7 +322,7 @@ def _class_words(references:Path) -> dict:
 # %% ../nbs/19_evaluate.ipynb #45675fba
 def find_targets(runs, # a run folder or a list of them (labelled by their names)
                  references, # a folder of reference images, or a dataset folder with one sub-folder per subject
-                 class_word:str|None=None, # the class word of every subject (default: the dataset's, else the init word)
+                 class_word:str|None=None, # every subject's class word (default: the dataset's, else the init word)
                 ) -> list[Target]:
     "Every token of `runs` with its subject's class word and reference images; a ValueError for what is missing."
     references = Path(references).expanduser()
@@ -323,13 +330,15 @@ def find_targets(runs, # a run folder or a list of them (labelled by their names
     runs = [Path(r).expanduser() for r in ([runs] if isinstance(runs, (str, Path)) else runs)]
     if not runs: raise ValueError("runs is empty: give at least one run folder")
     if len({r.name for r in runs}) < len(runs):
-        raise ValueError(f"runs must have different folder names (they label the results); got {[r.name for r in runs]}")
+        names = [r.name for r in runs]
+        raise ValueError(f"runs must have different folder names (they label the results); got {names}")
     classes, out = _class_words(references), []
     for run in runs:
         for folder in _token_folders(run):
             emb = _embedding(folder)
             cls = class_word or classes.get(folder.name) or emb.metadata.get("init")
-            if not cls: raise ValueError(f"no class word for {str(folder)!r}: pass class_word, or references with {CLASSES_FILE}")
+            if not cls:
+                raise ValueError(f"no class word for {str(folder)!r}: pass class_word, or references with {CLASSES_FILE}")
             refs = _references(references, folder.name)
             out.append(Target(run.name, folder.name, folder, emb.token or folder.name, cls, refs, _digest(emb)))
     return out
@@ -385,8 +394,8 @@ def _save_png(img:Image.Image, path:Path, meta:dict) -> None:
 # %% ../nbs/19_evaluate.ipynb #82527d3e
 def _meta(t:Target, j:Job, settings:dict) -> dict:
     return dict(run=t.run, subject=t.subject, token=t.token, digest=t.digest, template=j.template, seed=j.seed,
-                prompt=generation_prompt(j.template, t.token), scoring_prompt=scoring_prompt(j.template, t.class_word),
-                **settings)
+                prompt=generation_prompt(j.template, t.token),
+                scoring_prompt=scoring_prompt(j.template, t.class_word), **settings)
 
 def _reusable(t:Target, j:Job, settings:dict) -> bool:
     "Whether `j`'s image exists and was made from the same rows, prompt and settings; a ValueError if not."
@@ -422,8 +431,9 @@ def _score(t:Target, jobs:list[Job], scorers:tuple, out:Path, batch_size:int) ->
     txt = text_fidelity(images, [scoring_prompt(j.template, t.class_word) for j in jobs], scorers[1],
                         batch_size=batch_size).scores
     return [dict(run=t.run, subject=t.subject, class_word=t.class_word, token=t.token, template=j.template,
-                 prompt=generation_prompt(j.template, t.token), scoring_prompt=scoring_prompt(j.template, t.class_word),
-                 seed=j.seed, file=str(j.path.relative_to(out)), image_fidelity=a.item(), text_fidelity=b.item())
+                 prompt=generation_prompt(j.template, t.token),
+                 scoring_prompt=scoring_prompt(j.template, t.class_word), seed=j.seed,
+                 file=str(j.path.relative_to(out)), image_fidelity=a.item(), text_fidelity=b.item())
             for j, a, b in zip(jobs, img, txt)]
 
 # %% ../nbs/19_evaluate.ipynb #6f7bf8d9
@@ -434,7 +444,8 @@ def _groups(rows:list[dict], *keys) -> dict:
 
 def subject_means(records:list[dict]) -> list[dict]:
     "Per (run, subject): the mean of each metric over its images, and how many images."
-    return [dict(run=run, subject=subject, images=len(rs), **{m: float(np.mean([r[m] for r in rs])) for m in METRICS})
+    mean = lambda rs, m: float(np.mean([r[m] for r in rs]))
+    return [dict(run=run, subject=subject, images=len(rs), **{m: mean(rs, m) for m in METRICS})
             for (run, subject), rs in _groups(records, "run", "subject").items()]
 
 def _interval(x:np.ndarray, level:float) -> tuple[float, float]:
@@ -472,11 +483,13 @@ def fidelity_figure(summary:list[dict], # from `summarize`
                         showlegend=False, text=[s["subject"] for s in mine], hovertemplate="%{text}<extra></extra>")
         err = lambda m: dict(type="data", symmetric=False, array=[row[f"{m}_high"] - row[m]],
                              arrayminus=[row[m] - row[f"{m}_low"]], visible=row["subjects"] > 1)
-        fig.add_scatter(x=[row["image_fidelity"]], y=[row["text_fidelity"]], mode="markers", name=run, legendgroup=run,
+        fig.add_scatter(x=[row["image_fidelity"]], y=[row["text_fidelity"]], mode="markers", name=run,
+                        legendgroup=run,
                         marker=dict(color=color, size=13, line=dict(color="white", width=1.5)),
                         error_x=err("image_fidelity"), error_y=err("text_fidelity"))
-    return fig.update_layout(title="Subject vs text fidelity (mean over subjects, 95% interval)", template="plotly_white",
-                             xaxis_title="image fidelity (DINOv2)", yaxis_title="text fidelity (SigLIP)", height=440)
+    return fig.update_layout(title="Subject vs text fidelity (mean over subjects, 95% interval)",
+                             template="plotly_white", height=440,
+                             xaxis_title="image fidelity (DINOv2)", yaxis_title="text fidelity (SigLIP)")
 
 # %% ../nbs/19_evaluate.ipynb #3a29238a
 def _table(rows:list[dict], digits:int=4) -> str:
@@ -491,7 +504,8 @@ def _grid(out:Path, records:list[dict], subject:str, template:str, width:int) ->
     "One prompt's images of one subject: every run, every seed, side by side."
     rs = [r for r in records if r["subject"] == subject and r["template"] == template]
     ims = [Image.open(out / r["file"]).convert("RGB") for r in rs]
-    return images_html(ims, [f"{r['run']} seed {r['seed']}" for r in rs], f"<code>{rs[0]['scoring_prompt']}</code>", width)
+    captions = [f"{r['run']} seed {r['seed']}" for r in rs]
+    return images_html(ims, captions, f"<code>{rs[0]['scoring_prompt']}</code>", width)
 
 # %% ../nbs/19_evaluate.ipynb #e372ea42
 def evaluation_report(ev, # an `Evaluation`
@@ -501,21 +515,21 @@ def evaluation_report(ev, # an `Evaluation`
                      ) -> str:
     "A self-contained HTML page: the fidelity trade-off, the tables and image grids per prompt."
     subjects = list(dict.fromkeys(r["subject"] for r in ev.records))[:grid_subjects]
-    grids = [section(s, *[_grid(ev.out_dir, ev.records, s, t, width)
-                          for t in list(dict.fromkeys(r["template"] for r in ev.records if r["subject"] == s))[:grid_prompts]],
-                     level=3) for s in subjects]
+    templates = lambda s: list(dict.fromkeys(r["template"] for r in ev.records if r["subject"] == s))[:grid_prompts]
+    grids = [section(s, *[_grid(ev.out_dir, ev.records, s, t, width) for t in templates(s)], level=3)
+             for s in subjects]
     lead = note(f"{len(ev.records)} images of {len(ev.subjects)} (run, subject) pairs; "
                 "image fidelity: DINOv2 CLS cosine to the references; text fidelity: SigLIP sigmoid (DTI Sec. 4.1).")
     return html_page("dti_lens evaluation", [
-        section("Subject vs text fidelity", figure_html(ev.figure(), "Each run: its mean over subjects and 95% interval; "
-                                                        "faint points: its subjects. Up and right is better.")),
+        section("Subject vs text fidelity", figure_html(ev.figure(), "Each run: its mean over subjects and 95% "
+                                                        "interval; faint points: its subjects. Up and right is better.")),
         section("Per run", _table(ev.summary)), section("Per subject", _table(ev.subjects)),
         section("Images per prompt", *grids)], lead=lead)
 
 # %% ../nbs/19_evaluate.ipynb #64f86060
 @dataclass
 class Evaluation:
-    "Scores of an evaluation: `records` per image, `subjects` per (run, subject), `summary` per run; files in `out_dir`."
+    "Scores of an evaluation: `records` per image, `subjects` per (run, subject), `summary` per run, in `out_dir`."
     records: list[dict]
     subjects: list[dict]
     summary: list[dict]
@@ -539,7 +553,8 @@ def _write(ev:Evaluation) -> None:
     write_text_atomic(out / "scores.jsonl", "".join(json.dumps(r) + "\n" for r in ev.records))
     write_text_atomic(out / "subjects.csv", _csv(ev.subjects))
     write_text_atomic(out / "summary.csv", _csv(ev.summary))
-    write_text_atomic(out / "summary.json", json.dumps(ev.summary, indent=1))
+    nulls = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in ev.summary]
+    write_text_atomic(out / "summary.json", json.dumps(nulls, indent=1))  # JSON has no NaN: no interval is null
     write_text_atomic(out / "report.html", evaluation_report(ev))
 
 # %% ../nbs/19_evaluate.ipynb #58069e4d
@@ -548,6 +563,22 @@ def _check_seeds(seeds) -> list[int]:
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     if not seeds or len(set(seeds)) < len(seeds): raise ValueError(f"seeds must be distinct ints >= 0; got {seeds}")
     return [check_int(s, "seeds", 0) for s in seeds]
+
+def _scorer(name:str, model, needs:tuple):
+    "`load_scorer(model)` with `name` in its errors; a folder that is not there is not taken for a hub id."
+    if isinstance(model, (str, Path)) and (Path(model).expanduser().exists() or str(model).count("/") != 1):
+        if not Path(model).expanduser().is_dir(): raise ValueError(f"{name} {str(model)!r} is not a folder or a model id")
+    try: return load_scorer(model, None, needs)
+    except (ValueError, TypeError) as e: raise ValueError(f"{name}: {e}") from None
+
+_OURS = ("prompt", "prompt_embeds", "height", "width", "num_inference_steps", "generator", "output_type")
+
+def _check_call(pipe, kwargs:dict) -> None:
+    "Extra pipeline-call arguments must be the pipeline's own and not ones `evaluate` sets itself."
+    takes = inspect.signature(type(pipe).__call__).parameters
+    if bad := [k for k in kwargs if k not in takes or k in _OURS]:
+        raise ValueError(f"{', '.join(bad)}: not arguments of {type(pipe).__name__}'s call that evaluate leaves to you; "
+                         "steps, resolution and seeds are evaluate's own")
 
 def _settings(pipe, scheduler, steps, resolution, kwargs) -> dict:
     "What an image's pixels depend on besides its token, prompt and seed."
@@ -582,9 +613,13 @@ def evaluate(runs, # run folders: a token's folder, or a folder of them (one per
     if scheduler is not None: _scheduler_class(scheduler)
     check_device(device)
     targets, out = find_targets(runs, references, class_word), Path(out_dir).expanduser()
+    scorers = (_scorer("image_model", image_model, ("cls",)),  # checked before the pipeline loads
+               _scorer("text_model", text_model, ("image", "text", "sigmoid")))
     pipe = load_pipeline(pipe, device)
-    dev = adapter(pipe).device
-    scorers = load_scorer(image_model, dev, ("cls",)), load_scorer(text_model, dev, ("image", "text", "sigmoid"))
+    fam = adapter(pipe)
+    _check_call(pipe, kwargs)
+    resolution = check_resolution(pipe, resolution or fam.native_resolution or fam.defaults["resolution"])
+    for s in scorers: s.model.to(fam.device)
     if overwrite: shutil.rmtree(out / "images", ignore_errors=True)
     settings = _settings(pipe, scheduler, steps, resolution, kwargs)
     jobs = [_jobs(out, t, ps.templates(t.class_word), seeds) for t in targets]

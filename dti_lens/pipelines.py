@@ -159,7 +159,7 @@ def generate(self:Family, prompts:list[str]|None=None, # prompts as the pipeline
              resolution:int|None=None, # image side in pixels (default: the model's)
              seeds=0, # one seed for all images, or one per image
              steps:int=25, # denoising steps
-             **kwargs, # more arguments of the pipeline call (guidance_scale, ...)
+             **kwargs, # more arguments of the pipeline call (guidance_scale, ...); they override `sample_kwargs`
             ) -> list:
     "One batched, seeded pipeline call; a PIL image per prompt (or per conditioning row)."
     n = len(prompts) if prompts is not None else len(next(iter(cond.values())))
@@ -169,7 +169,7 @@ def generate(self:Family, prompts:list[str]|None=None, # prompts as the pipeline
     bar = getattr(self.pipe, "_progress_bar_config", None)
     self.pipe.set_progress_bar_config(disable=True)
     try: out = self.pipe(**text, height=size, width=size, num_inference_steps=steps,
-                         generator=[torch.Generator().manual_seed(s) for s in seeds], **self.sample_kwargs(), **kwargs)
+                         generator=[torch.Generator().manual_seed(s) for s in seeds], **(self.sample_kwargs() | kwargs))
     finally:
         if bar is None: del self.pipe._progress_bar_config
         else: self.pipe._progress_bar_config = bar

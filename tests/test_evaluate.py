@@ -155,3 +155,12 @@ def test_report_renders_offline(setup, done):
     check = browser_check(setup[0] / "eval" / "report.html")
     assert check["ok"] and check["requests"] == [] and check["errors"] == [], check
     assert len(check["figures"]) == 1 and check["figures"][0]["traces"] >= 4
+
+
+def test_one_subject_summary_is_strict_json(setup, tmp_path):
+    "One subject has no interval: summary.json says null (JSON has no NaN), the CSV says nan."
+    _, data, runs, kw = setup
+    evaluate([runs[0] / "dog"], "tiny:sd15", data, tmp_path, **kw | dict(seeds=[0]))
+    def no_nan(c): raise AssertionError(f"{c} in summary.json")
+    row = json.loads((tmp_path / "summary.json").read_text(), parse_constant=no_nan)[0]
+    assert row["subjects"] == 1 and row["image_fidelity_low"] is None and row["text_fidelity"] is not None
