@@ -197,7 +197,7 @@ def test_mistakes_in_a_real_shell(mistakes):
     assert res.returncode == 2, res.stderr
     assert "--model 'nobody/no-such-model' cannot be loaded" in one_error_line(res, "adjust") and "pass a local pipeline folder" in res.stderr
     res = run(cwd=mistakes)
-    assert res.returncode == 2 and "give a command: demo, train, train-many, adjust, diagnose, vmf-demo" in one_error_line(res, None)
+    assert res.returncode == 2 and "give a command: demo, train, train-many, adjust, diagnose, evaluate, vmf-demo" in one_error_line(res, None)
 
 
 def test_overwrite_replaces_a_run(tmp_path):
