@@ -6,7 +6,7 @@ Docs: https://dti-lens.github.io/dti_lens/evaluate.html.md"""
 
 # %% ../nbs/19_evaluate.ipynb #3259461e
 from __future__ import annotations
-import csv, inspect, io, json, math, os, re, shutil
+import csv, hashlib, inspect, io, json, math, os, re, shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,16 +293,15 @@ def _embedding(folder:Path):
     except (ValueError, FileNotFoundError): return None
 
 def _digest(emb) -> str:
-    import hashlib
     rows = b"".join(emb.vectors[k].float().numpy().tobytes() for k in sorted(emb.vectors))
     return hashlib.sha256(rows).hexdigest()[:16]
 
 # %% ../nbs/19_evaluate.ipynb #f9f25f43
-def _token_folders(run:Path) -> list[Path]:
-    "A run's token folders: the run itself when it holds an embedding, else its sub-folders that do."
+def _token_folders(run:Path) -> list[tuple]:
+    "A run's (token folder, embedding) pairs: the run itself when it holds one, else its sub-folders that do."
     if not run.is_dir(): raise ValueError(f"runs: {str(run)!r} is not a folder")
-    if _embedding(run) is not None: return [run]
-    subs = [p for p in sorted(run.iterdir()) if p.is_dir() and _embedding(p) is not None]
+    if (emb := _embedding(run)) is not None: return [(run, emb)]
+    subs = [(p, e) for p in sorted(run.iterdir()) if p.is_dir() and (e := _embedding(p)) is not None]
     if not subs: raise ValueError(f"runs: {str(run)!r} has no embeddings: neither it nor a sub-folder holds "
                                   "learned_embeds.safetensors (or another embedding file)")
     return subs
@@ -334,8 +333,7 @@ def find_targets(runs, # a run folder or a list of them (labelled by their names
         raise ValueError(f"runs must have different folder names (they label the results); got {names}")
     classes, out = _class_words(references), []
     for run in runs:
-        for folder in _token_folders(run):
-            emb = _embedding(folder)
+        for folder, emb in _token_folders(run):
             cls = class_word or classes.get(folder.name) or emb.metadata.get("init")
             if not cls:
                 raise ValueError(f"no class word for {str(folder)!r}: pass class_word, or references with {CLASSES_FILE}")
@@ -586,7 +584,7 @@ def _settings(pipe, scheduler, steps, resolution, kwargs) -> dict:
     model = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "") or type(pipe).__name__
     return dict(model=str(model), scheduler=scheduler or fam.sampler["scheduler"] or type(pipe.scheduler).__name__,
                 steps=steps or fam.sampler["steps"], call=json.loads(json.dumps(kwargs, default=str)),
-                resolution=resolution or fam.native_resolution or fam.defaults["resolution"])
+                resolution=resolution)
 
 # %% ../nbs/19_evaluate.ipynb #11900020
 def evaluate(runs, # run folders: a token's folder, or a folder of them (one per subject), labelled by their names
